@@ -63,7 +63,7 @@ def split_of(family: str, text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Answers: extraction and numeric verification
 
-_ANSWER_LINE = re.compile(r"[Tt]he answer is\s*:?\s*([^\n]*)")
+_ANSWER_LINE = re.compile(r"[Tt]he answer is\s*:?")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -72,8 +72,10 @@ def _answer_span(output: str) -> tuple[str | None, str]:
     region = output
     if "</think>" in output:
         region = output.rsplit("</think>", 1)[1]
-    found = _ANSWER_LINE.findall(region)
-    return (found[-1].strip() if found else None), region
+    starts = [m.end() for m in _ANSWER_LINE.finditer(region)]
+    if not starts:
+        return None, region
+    return region[starts[-1]:].split("\n", 1)[0].strip(), region
 
 
 def extract_number(output: str) -> str | None:
@@ -142,11 +144,16 @@ def countdown_value(expr: str, numbers: Iterable[int], ops: str = "+-*/") -> int
         tree = ast.parse(s, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    used: list[int] = []
+    # Check the numbers before computing anything, so no arithmetic runs on numbers not given.
+    pool = list(numbers)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant):
+            if type(node.value) is not int or node.value not in pool:
+                return None
+            pool.remove(node.value)
 
     def walk(node: ast.AST) -> Fraction | None:
         if isinstance(node, ast.Constant) and type(node.value) is int:
-            used.append(node.value)
             return Fraction(node.value)
         if isinstance(node, ast.BinOp) and _SYMBOL.get(type(node.op), "?") in ops:
             a, b = walk(node.left), walk(node.right)
@@ -161,11 +168,6 @@ def countdown_value(expr: str, numbers: Iterable[int], ops: str = "+-*/") -> int
         return None
     if value is None or value.denominator != 1:
         return None
-    pool = list(numbers)
-    for n in used:
-        if n not in pool:
-            return None
-        pool.remove(n)
     return int(value)
 
 
