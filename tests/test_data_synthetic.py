@@ -5,6 +5,7 @@ import pytest
 
 from srlm.data.synthetic import (
     FAMILIES,
+    calc_steps,
     check_countdown,
     corpus_lines,
     countdown_value,
@@ -121,17 +122,58 @@ def test_countdown_reference_solution_and_difficulty():
         assert m["target"] not in m["numbers"]
 
 
+_COLUMN = re.compile(r"(\d+) ([-+*]) (\d) ([-+]) (\d) = (\d+), digit (\d), (carry|borrow) (\d+)\.")
+_RESULT = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
+
+
+def _check_scratchpad(lines):
+    """Every column line and every 'a op b = r.' line in a scratchpad is arithmetically right."""
+    checked = 0
+    for line in lines:
+        if m := _COLUMN.fullmatch(line):
+            x, o, y, o2, c, s, dig, kind, out = m.groups()
+            assert _apply(_apply(int(x), o, int(y)), o2, int(c)) == int(s), line
+            assert int(s) % 10 == int(dig), line
+            if kind == "carry":
+                assert int(s) // 10 == int(out), line
+            else:  # a borrowing column is written with its 10 added
+                assert int(x) >= 10 if out == "1" else int(x) < 10, line
+            checked += 1
+        elif m := _RESULT.fullmatch(line):
+            a, o, b, r = m.groups()
+            assert _apply(int(a), o, int(b)) == int(r), line
+            checked += 1
+    return checked
+
+
+def test_scratchpads_are_right_for_random_operands():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        a, b = rng.randint(0, 10**rng.randint(1, 5)), rng.randint(0, 10**rng.randint(1, 4))
+        for op in "+-*":
+            x, y = (max(a, b), min(a, b)) if op == "-" else (a, b)
+            lines = calc_steps(x, op, y)
+            assert _check_scratchpad(lines) == len([s for s in lines if not s.endswith(":")])
+            assert lines[-1] == f"{x} {op} {y} = {_apply(x, op, y)}." or (op == "*" and lines[-1].startswith(f"{y} * {x}"))
+
+
 def test_arith_answer_and_scratchpad():
-    for ex in generate_problems("arith", 200, seed=0, difficulties=[1, 2, 3, 4]):
-        a, op, b = re.fullmatch(r"What is (\d+) ([+*]) (\d+)\?", ex.prompt).groups()
+    for ex in generate_problems("arith", 200, seed=0, difficulties=[1, 2, 3, 4], ops="+-*"):
+        a, op, b = re.fullmatch(r"What is (\d+) ([-+*]) (\d+)\?", ex.prompt).groups()
         assert len(a) == len(b) == ex.meta["difficulty"]
-        assert int(ex.answer) == _apply(int(a), op, int(b))
-        for line in ex.meta["reasoning"].splitlines():  # every column step is right
-            m = re.fullmatch(r"(\d) ([+*]) (\d+) ([+]) (\d) = (\d+), digit (\d), carry (\d+)\.", line)
-            if m:
-                x, o, y, _, c, s, dig, carry = m.groups()
-                assert _apply(int(x), o, int(y)) + int(c) == int(s)
-                assert int(s) % 10 == int(dig) and int(s) // 10 == int(carry)
+        assert int(ex.answer) == _apply(int(a), op, int(b)) >= 0
+        assert _check_scratchpad(ex.meta["reasoning"].splitlines()) > 0
+
+
+def test_gsm_scratchpad_option():
+    for ex in generate_problems("gsm", 100, seed=0, difficulties=[1, 2, 3, 4], scratchpad=True):
+        lines = ex.meta["reasoning"].splitlines()
+        named = [s for s in lines if re.fullmatch(r"[A-Z][a-z]+ = \d+\.", s)]
+        assert len(named) == ex.meta["difficulty"]
+        assert named[-1] == f"{named[-1].split()[0]} = {ex.answer}."
+        assert _check_scratchpad(lines) >= ex.meta["difficulty"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -6,7 +6,8 @@ Three families, each a registered task:
                        (iGSM-like). Difficulty = number of operations needed for the asked quantity.
 - ``synth-countdown``  reach a target from given numbers with + - * / (exact division).
                        Difficulty = number of operations in the reference solution (d + 1 numbers).
-- ``synth-arith``      multi-digit addition / multiplication with a digit-by-digit scratchpad.
+- ``synth-arith``      multi-digit addition / multiplication (and subtraction, opt-in) with a
+                       digit-by-digit scratchpad.
                        Difficulty = number of digits of each operand.
 
 Contract:
@@ -132,8 +133,8 @@ def countdown_value(expr: str, numbers: Iterable[int], ops: str = "+-*/") -> int
     """Value of `expr` if it is a valid countdown expression over `numbers`, else None.
 
     Valid: integers, + - * /, parentheses only; each given number used at most once (as many times
-    as it is given); only operators in `ops`; every division exact. A trailing '= N' is ignored (the target is checked by
-    the caller). Intermediate negatives are allowed; the result must be an integer.
+    as it is given); only operators in `ops`; every division exact. A trailing '= N' is ignored
+    (the caller checks the target). Intermediate negatives are allowed; the result must be an integer.
     """
     s = _clean_expression(expr)
     if "=" in s:
@@ -268,7 +269,13 @@ def _gsm_problem(rng: Random, d: int, o: dict[str, Any]) -> tuple[str, list[str]
             deps = [cur, other]
         value[name] = v
         facts.append((text, deps))
-        steps.append(f"{name} = {step} = {v}.")
+        if o["scratchpad"]:
+            a, op, b = step.rsplit(" = ", 1)[1].split()
+            steps.append(f"{name} = {step}.")
+            steps += calc_steps(int(a), op, int(b))
+            steps.append(f"{name} = {v}.")
+        else:
+            steps.append(f"{name} = {step} = {v}.")
         cur = name
 
     # Distractors: facts that the question does not need (new people, or derived from anyone).
@@ -363,6 +370,32 @@ def add_steps(a: int, b: int) -> list[str]:
     return lines
 
 
+def sub_steps(a: int, b: int) -> list[str]:
+    """Digit-by-digit subtraction (a >= b) from the right; a column that needs a borrow is written
+    with its 10 added ('13 - 5 - 0 = 8, digit 8, borrow 1') so no step goes negative."""
+    if a < 10:
+        return [f"{a} - {b} = {a - b}."]
+    da, db = str(a)[::-1], str(b)[::-1]
+    lines, borrow = [f"{a} - {b}:"], 0
+    for k in range(len(da)):
+        x, y = int(da[k]), int(db[k]) if k < len(db) else 0
+        nxt = 1 if x < y + borrow else 0
+        r = x + 10 * nxt - y - borrow
+        lines.append(f"{x + 10 * nxt} - {y} - {borrow} = {r}, digit {r}, borrow {nxt}.")
+        borrow = nxt
+    lines.append(f"{a} - {b} = {a - b}.")
+    return lines
+
+
+def calc_steps(a: int, op: str, b: int) -> list[str]:
+    """Scratchpad lines for one operation ('*' multiplies a by the digits of b)."""
+    if op == "+":
+        return add_steps(a, b)
+    if op == "-":
+        return sub_steps(a, b)
+    return mul_steps(b, a) if a < b else mul_steps(a, b)
+
+
 def mul_digit_steps(a: int, digit: int) -> list[str]:
     """Multi-digit times one digit, one line per digit of `a`: 'x * digit + carry = p, digit, carry'."""
     if a < 10:
@@ -396,13 +429,16 @@ def mul_steps(a: int, b: int) -> list[str]:
     return lines
 
 
+_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
 def _arith_problem(rng: Random, d: int, o: dict[str, Any]) -> tuple[str, list[str], str]:
     op = rng.choice(o["ops"])
     lo = 10 ** (d - 1) if d > 1 else 1
     a, b = rng.randint(lo, 10**d - 1), rng.randint(lo, 10**d - 1)
-    if op == "+":
-        return f"What is {a} + {b}?", add_steps(a, b), str(a + b)
-    return f"What is {a} * {b}?", mul_steps(a, b), str(a * b)
+    if op == "-" and a < b:  # no negatives
+        a, b = b, a
+    return f"What is {a} {op} {b}?", calc_steps(a, op, b), str(_APPLY[op](a, b))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,11 +447,11 @@ def _arith_problem(rng: Random, d: int, o: dict[str, Any]) -> tuple[str, list[st
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "gsm": {"difficulties": (1, 2, 3, 4), "max_number": 50, "max_value": 1000, "ops": "+-*",
-            "max_factor": 5, "two_operand": True, "distractors": 0, "shuffle": False},
+            "max_factor": 5, "two_operand": True, "distractors": 0, "shuffle": False, "scratchpad": False},
     "countdown": {"difficulties": (1, 2, 3), "max_number": 25, "max_value": 1000, "ops": "+-*/"},
     "arith": {"difficulties": (1, 2, 3), "ops": "+*"},
 }
-_ALLOWED_OPS = {"gsm": "+-*", "countdown": "+-*/", "arith": "+*"}
+_ALLOWED_OPS = {"gsm": "+-*", "countdown": "+-*/", "arith": "+-*"}
 
 
 def _options(family: str, options: dict[str, Any]) -> dict[str, Any]:
