@@ -373,3 +373,32 @@ def test_cli_train_text_and_jsonl(tmp_path, capsys):
                     out=str(tmp_path / "x"), sample="x")
     with pytest.raises(SrlmError, match=r"bad.jsonl:2: expected an object with a string \"text\" field"):
         main(bad)
+
+
+def test_jinja_environment_matches_transformers(qwen_dir, tmp_path):
+    # Block tags on their own lines (trim_blocks/lstrip_blocks), {% break %}, strftime_now, namespace.
+    template = (
+        "{% set ns = namespace(n=0) %}\n"
+        "{% for message in messages %}\n"
+        "    {% if loop.index > 2 %}{% break %}{% endif %}\n"
+        "    {% set ns.n = ns.n + 1 %}\n"
+        "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}\n"
+        "{% endfor %}\n"
+        "{{ ns.n }} {{ strftime_now('%Y') }} {{ eos_token }}|{{ pad_token }}|{{ bos_token }}\n"
+        "{% if add_generation_prompt %}\n"
+        "{{ '<|im_start|>assistant\\n' }}\n"
+        "{% endif %}\n"
+    )
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path / "t"
+    d.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (d / name).write_bytes((qwen_dir / name).read_bytes())
+    (d / "chat_template.jinja").write_text(template)
+    hf = transformers.AutoTokenizer.from_pretrained(d)
+    tok = Tokenizer.from_dir(d)
+    messages = CONVERSATIONS[1]
+    text = tok.render_chat(messages, add_generation_prompt=True)
+    assert text == hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text.count("<|im_start|>") == 3 and "\n2 " in text and "<|im_end|>|<|endoftext|>|\n" in text
+    assert tok.apply_chat_template(messages, add_generation_prompt=True) == hf_chat_ids(hf, messages, add_generation_prompt=True)

@@ -476,6 +476,6 @@ def main(args) -> int:
         ids = tok.encode(args.sample)
         print(f"wrote {args.out}: vocab size {tok.vocab_size}")
         print(f"sample: {args.sample!r}")
-        print(f"  {len(ids)} tokens: {[tok.id_to_token(i) for i in ids]}")
+        print(f"  {len(ids)} tokens: {[tok.decode([i]) for i in ids]}")
         print(f"  ids: {ids}")
     return 0
