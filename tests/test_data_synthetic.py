@@ -111,6 +111,10 @@ def test_gsm_distractors_and_options():
         generate_problems("gsm", 1, ops="/")
     with pytest.raises(SrlmError):
         generate_problems("gsm", 1, split="validation")
+    with pytest.raises(SrlmError, match="max_factor"):
+        generate_problems("gsm", 1, max_factor=1)
+    with pytest.raises(SrlmError, match="names"):
+        generate_problems("gsm", 1, difficulties=[12])
 
 
 def test_countdown_reference_solution_and_difficulty():
@@ -156,7 +160,8 @@ def test_scratchpads_are_right_for_random_operands():
             x, y = (max(a, b), min(a, b)) if op == "-" else (a, b)
             lines = calc_steps(x, op, y)
             assert _check_scratchpad(lines) == len([s for s in lines if not s.endswith(":")])
-            assert lines[-1] == f"{x} {op} {y} = {_apply(x, op, y)}." or (op == "*" and lines[-1].startswith(f"{y} * {x}"))
+            last = re.fullmatch(r"(\d+) [-+*] (\d+) = (\d+)\.", lines[-1]).groups()
+            assert {int(last[0]), int(last[1])} == {x, y} and int(last[2]) == _apply(x, op, y)
 
 
 def test_arith_answer_and_scratchpad():
@@ -215,6 +220,7 @@ def test_extract_number_order_of_preference():
     assert extract_number("The answer is 42. Then 7 more words 9") == "42"
     assert extract_number("no answer line, just 3 and then 8.") == "8"  # flexible fallback
     assert extract_number("The answer is 2.5.") == "2.5"
+    assert extract_number("The answer is 7, since 3 + 4 = 7.") == "7"
     assert extract_number("nothing here") is None
 
 
@@ -310,3 +316,5 @@ def test_corpus_lines():
     assert len(lines) == 12
     assert all("The answer is" in s and "<think>" not in s for s in lines)
     assert lines == list(corpus_lines(4, seed=0))
+    long = list(corpus_lines(4, seed=0, families=["gsm"], gsm={"scratchpad": True}))
+    assert len(long) == 4 and all(re.search(r"^[A-Z][a-z]+ = \d+\.$", s, re.M) for s in long)

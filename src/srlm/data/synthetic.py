@@ -86,7 +86,7 @@ def extract_number(output: str) -> str | None:
         nums = _NUMBER.findall(text)
         if nums:
             # After 'The answer is' the answer is the first number; in free text, the last one.
-            return (nums[0] if text is span else nums[-1]).rstrip(".")
+            return (nums[0] if text is span else nums[-1]).rstrip(".,")
     return None
 
 
@@ -474,6 +474,9 @@ def _options(family: str, options: dict[str, Any]) -> dict[str, Any]:
         if o["max_number"] < 2 or o["max_value"] <= o["max_number"] + 2:
             raise SrlmError(f"synth-{family}: need max_number >= 2 and max_value > max_number + 2, "
                             f"got max_number={o['max_number']}, max_value={o['max_value']}")
+    if family == "gsm" and (o["max_factor"] < 2 or o["distractors"] < 0):
+        raise SrlmError(f"synth-gsm: need max_factor >= 2 and distractors >= 0, "
+                        f"got max_factor={o['max_factor']}, distractors={o['distractors']}")
     if family == "arith" and max(o["difficulties"]) > 12:
         raise SrlmError("synth-arith: difficulty is the number of digits; keep it <= 12")
     return o
@@ -537,7 +540,8 @@ def generate_problems(family: str, n: int, seed: int = 0, split: str = "train",
 
 def corpus_lines(n: int, seed: int = 0, families: Iterable[str] = FAMILIES, **options: Any) -> Iterator[str]:
     """Plain text for tokenizer training: `n` train problems per family, each as
-    'question\\nreasoning\\nThe answer is X.' (no chat markup)."""
+    'question\\nreasoning\\nThe answer is X.' (no chat markup). `options` maps a family to its
+    generator options, e.g. ``corpus_lines(1000, gsm={"scratchpad": True})``."""
     for family in families:
         for ex in generate_problems(family, n, seed=seed, split="train", **options.get(family, {})):
             yield f"{ex.prompt}\n{ex.solution}"
@@ -593,6 +597,8 @@ class SyntheticTask(Task):
         self.n_test = n_test if n_test is not None else 250 * len(self.test_difficulties)
         _options(self.family, {**options, "difficulties": self.difficulties})  # fail early on bad options
         self._difficulty_by_id: dict[str, int] = {}
+        if options.get("scratchpad"):  # digit-by-digit traces are ~4x longer
+            self.max_new_tokens = 4 * type(self).max_new_tokens
 
     def load(self, split: str = "test", data: str | None = None, limit: int | None = None) -> list[Example]:
         if data is not None:
