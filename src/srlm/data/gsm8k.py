@@ -85,6 +85,13 @@ class GSM8K(Task):
     def is_correct(self, prediction: str | None, example: Example) -> bool:
         return numbers_equal(prediction, example.answer)
 
+    def answer_key(self, prediction: str) -> str:
+        """Votes for maj@k are grouped by numeric value ("5.00" and "5" are one answer)."""
+        try:
+            return str(Decimal(normalize_number(prediction)).normalize())
+        except InvalidOperation:
+            return normalize_number(prediction)
+
     def metrics(self, records):
         n = len(records)
         if not n:
