@@ -1,0 +1,112 @@
+"""Turning next-token logits into tokens: penalties, temperature, truncation, a seeded draw.
+
+`SamplingParams` validates the knobs once (bad values raise `SrlmError`, naming the
+field); `sample(logits, params, generator, seen)` is vectorised over the batch:
+(rows, vocab) logits in, (rows,) token ids and their log-probabilities out. The
+log-probability is that of the chosen token under softmax(logits / temperature) with
+the repetition penalty applied and no truncation — the quantity a trainer recomputes
+from a forward pass (GRPO's old-policy log-probs); greedy reports it at temperature 1.
+Randomness comes only from the `torch.Generator` passed in, so a seed reproduces a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from srlm.errors import SrlmError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    #: 0 = greedy (argmax); > 0 divides the logits
+    temperature: float = 1.0
+    #: keep only the k most likely tokens (0 / None = off)
+    top_k: int | None = None
+    #: nucleus sampling: the smallest set of tokens whose probability reaches top_p (1.0 = off)
+    top_p: float = 1.0
+    #: drop tokens less likely than min_p x the most likely one (0 = off; arXiv 2407.01082)
+    min_p: float = 0.0
+    #: CTRL-style (arXiv 1909.05858): logits of tokens already in prompt or output are divided
+    #: by the penalty when positive, multiplied when negative (1.0 = off), as transformers does
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        def bad(name, msg):
+            raise SrlmError(f"sampling parameter {name}={getattr(self, name)!r} {msg}")
+
+        if not isinstance(self.temperature, (int, float)) or self.temperature != self.temperature or self.temperature < 0:
+            bad("temperature", "must be >= 0 (0 = greedy)")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+            bad("top_k", "must be a non-negative integer (0 or None = off)")
+        if not isinstance(self.top_p, (int, float)) or not (0 < self.top_p <= 1):
+            bad("top_p", "must be in (0, 1] (1 = off)")
+        if not isinstance(self.min_p, (int, float)) or not (0 <= self.min_p < 1):
+            bad("min_p", "must be in [0, 1) (0 = off)")
+        if not isinstance(self.repetition_penalty, (int, float)) or not (self.repetition_penalty > 0):
+            bad("repetition_penalty", "must be > 0 (1 = off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def truncates(self) -> bool:
+        return bool(self.top_k) or self.top_p < 1 or self.min_p > 0
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """`seen` (rows, vocab) bool marks tokens already in each row's prompt or output."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Set to -inf every token that top-k, top-p and min-p exclude (always keeping the best one)."""
+    neg = torch.finfo(logits.dtype).min
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, neg)
+    if params.min_p > 0:
+        probs = torch.softmax(logits, dim=-1)
+        floor = probs.amax(dim=-1, keepdim=True) * params.min_p
+        logits = logits.masked_fill(probs < floor, neg)
+    if params.top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens before it already reach top_p; the first one always stays
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, neg)
+    return logits
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+           seen: torch.Tensor | None = None, want_logprobs: bool = False,
+           force: tuple[torch.Tensor, int] | None = None):
+    """(rows, vocab) logits -> (token ids (rows,), logprobs (rows,) float32 or None).
+
+    `force=(rows_mask, token)` replaces the draw by `token` where `rows_mask` is set (the
+    thinking budget's forced </think>); its log-probability is reported like any other.
+    """
+    logits = logits.float()
+    if params.repetition_penalty != 1.0 and seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        tokens = logits.argmax(dim=-1)
+        scaled = logits
+    else:
+        scaled = logits / params.temperature if params.temperature != 1.0 else logits
+        kept = truncate(scaled, params) if params.truncates else scaled
+        probs = torch.softmax(kept, dim=-1)
+        # Exponential race (Gumbel-max): argmax p_i / E_i with E_i ~ Exp(1) draws i with prob p_i,
+        # one vectorised op per step and only the given generator's randomness
+        noise = torch.empty_like(probs).exponential_(generator=generator)
+        tokens = (probs / noise).argmax(dim=-1)
+    if force is not None:
+        tokens = torch.where(force[0], force[1], tokens)
+    logprobs = None
+    if want_logprobs:
+        logprobs = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, logprobs
