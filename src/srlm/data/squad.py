@@ -146,7 +146,8 @@ class SQuAD(Task):
         em, f1, has = [], [], []
         for r in records:
             answers = r["meta"]["answers"]
-            e, f = score_one(r["extracted"] or "", answers, self.v2)
+            # None is a missing prediction: wrong even for an unanswerable question ("" abstains)
+            e, f = (0.0, 0.0) if r["extracted"] is None else score_one(r["extracted"], answers, self.v2)
             em.append(e)
             f1.append(f)
             has.append(bool(answers))

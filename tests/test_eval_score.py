@@ -1,0 +1,91 @@
+"""`srlm score`: predictions made elsewhere, in the official formats, scored with the official metrics."""
+
+import json
+from pathlib import Path
+
+import pytest
+from sklearn import metrics as skm
+
+from srlm.cli import main as srlm_main
+from srlm.data.tasks import get_task
+from srlm.errors import SrlmError
+from srlm.eval.score import score
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+SQUAD2 = SAMPLES / "squad" / "dev-v2.0-sample.json"
+
+
+def test_squad2_predictions_json(tmp_path):
+    task = get_task("squad2")
+    ex = task.load(data=str(SQUAD2))
+    preds = {e.id: ("" if e.meta["is_impossible"] else e.meta["answers"][-1]) for e in ex}
+    first_noans = next(e.id for e in ex if e.meta["is_impossible"])
+    preds[first_noans] = "Newton"  # one wrong abstention
+    f = tmp_path / "pred.json"
+    f.write_text(json.dumps(preds, ensure_ascii=False), encoding="utf-8")
+    m, recs = score(task, ex, f)
+    assert m["HasAns_exact"] == 1.0 and m["NoAns_exact"] == pytest.approx(12 / 13)
+    assert m["exact_match"] == pytest.approx(27 / 28) and m["missing"] == 0
+
+
+def test_unknown_and_missing_ids(tmp_path):
+    task = get_task("squad2")
+    ex = task.load(data=str(SQUAD2))
+    f = tmp_path / "pred.json"
+    f.write_text(json.dumps({"nope": "x", ex[0].id: "force"}), encoding="utf-8")
+    with pytest.raises(SrlmError, match="ids not in the data, e.g. nope"):
+        score(task, ex, f)
+    f.write_text(json.dumps({ex[0].id: "force"}), encoding="utf-8")
+    with pytest.raises(SrlmError, match="no prediction for 27 of 28"):
+        score(task, ex, f)
+    m, _ = score(task, ex, f, allow_missing=True)
+    assert m["missing"] == 27 and m["exact_match"] == pytest.approx(1 / 28)
+
+
+def test_glue_submission_tsv_matches_sklearn(tmp_path):
+    task = get_task("glue-mrpc")
+    ex = task.load(data=str(SAMPLES / "glue"))
+    gold = [e.meta["label"] for e in ex]
+    pred = [g if i % 3 else 1 - g for i, g in enumerate(gold)]
+    f = tmp_path / "MRPC.tsv"
+    f.write_text("index\tprediction\n" + "".join(f"{i}\t{p}\n" for i, p in enumerate(pred)), encoding="utf-8")
+    m, _ = score(task, ex, f)
+    assert m["f1"] == pytest.approx(skm.f1_score(gold, pred), abs=1e-9)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(gold, pred), abs=1e-9)
+    # raw labels and label words are accepted too
+    rte = get_task("glue-rte")
+    rex = rte.load(data=str(SAMPLES / "glue"))
+    f.write_text("".join(f"{e.id}\t{'entailment' if i % 2 else 'False'}\n" for i, e in enumerate(rex)), encoding="utf-8")
+    m, _ = score(rte, rex, f)
+    want = sum((e.answer == "True") == bool(i % 2) for i, e in enumerate(rex)) / len(rex)
+    assert m["accuracy"] == pytest.approx(want)
+    f.write_text("0\tperhaps\n", encoding="utf-8")
+    with pytest.raises(SrlmError, match=r"MRPC.tsv:1: prediction 'perhaps'"):
+        score(task, ex, f)
+
+
+def test_gsm8k_outputs_by_position_and_by_id(tmp_path):
+    task = get_task("gsm8k")
+    ex = task.load(split="train", data=str(SAMPLES / "gsm8k"), limit=4)
+    f = tmp_path / "out.jsonl"
+    f.write_text("".join(json.dumps({"output": e.solution if i else "#### 0"}) + "\n" for i, e in enumerate(ex)))
+    m, _ = score(task, ex, f)
+    assert m["accuracy"] == 0.75 and m["exact_match_strict"] == 0.75
+    f.write_text("".join(json.dumps({"id": e.id, "completion": f"The answer is {e.answer}."}) + "\n"
+                         for e in reversed(ex)))
+    assert score(task, ex, f)[0]["accuracy"] == 1.0
+    f.write_text(json.dumps({"output": "1"}) + "\n" + "{bad json\n")
+    with pytest.raises(SrlmError, match=r"out.jsonl:2"):
+        score(task, ex, f)
+
+
+def test_score_command_line(tmp_path, capsys):
+    ex = get_task("math500").load(data=str(SAMPLES / "math" / "math500_sample.jsonl"))
+    f = tmp_path / "math.jsonl"
+    f.write_text("".join(json.dumps({"id": e.id, "output": f"so \\boxed{{{e.answer}}}"}) + "\n" for e in ex))
+    out = tmp_path / "m.json"
+    rc = srlm_main(["score", "--task", "math500", "--data", str(SAMPLES / "math" / "math500_sample.jsonl"),
+                    "--predictions", str(f), "--out", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["metrics"]["accuracy"] == 1.0
+    rc = srlm_main(["score", "--task", "nope", "--data", str(f), "--predictions", str(f)])
+    assert rc == 1 and "unknown task 'nope'" in capsys.readouterr().err
