@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: the task's kind; generate: score GLUE by generated label words (fine-tuned models)")
     p.add_argument("--device", default=None, help="device for the model (default: the backend's choice)")
     p.add_argument("--dtype", default=None, help="model dtype (default: the backend's choice)")
+    p.add_argument("--quantize", default=None, help="weight quantization for inference, if the backend supports it")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default=None, help="metrics JSON path (records go beside it as .jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -51,7 +53,8 @@ def make_backend(path: str, args: argparse.Namespace):
         if e.name in ("srlm.infer.backend", "srlm.infer"):
             raise SrlmError("the inference backend (srlm.infer.backend) is not available in this install") from None
         raise
-    return EngineBackend.from_checkpoint(path, device=args.device, dtype=args.dtype)
+    return EngineBackend.from_checkpoint(path, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                                         seed=args.seed)
 
 
 def parse_data(values: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -166,7 +169,7 @@ def run(args: argparse.Namespace, backend=None) -> dict:
         results["glue"] = glue
     results["config"] = {"path": str(args.path), "split": args.split, "limit": args.limit, "shots": args.shots,
                          "chat": args.chat, "samples": args.samples, "temperature": temperature,
-                         "max_new_tokens": args.max_new_tokens, "scoring": args.scoring,
+                         "max_new_tokens": args.max_new_tokens, "scoring": args.scoring, "seed": args.seed,
                          "data": args.data}
     out = Path(args.out) if args.out else (Path(args.path) / "eval.json" if Path(args.path).is_dir() else Path("eval.json"))
     rec_path = write_results(out, results, all_records)
