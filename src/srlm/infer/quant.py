@@ -1,0 +1,105 @@
+"""Int8 weight-only quantization of the Linear layers, applied at load time.
+
+Each `nn.Linear` weight W (out, in) becomes int8 Q with one scale per output channel,
+s = max|W_row| / 127, Q = round(W / s), so W ~ Q * s (symmetric, no zero point).
+Activations stay in floating point. The matmul uses torch's int8 weight-only kernel
+(`torch.ops.aten._weight_int8pack_mm`, bf16 activations) when this build has it, and
+falls back to dequantise-then-matmul otherwise; both give the same result up to
+rounding. Module names do not change (`q_proj` stays `q_proj`), only their class.
+Inference only: quantized layers hold buffers, not trainable parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from srlm.errors import SrlmError
+
+QUANT_MODES = ("int8",)
+
+
+@functools.lru_cache(maxsize=None)
+def _int8_kernel_available(device_type: str) -> bool:
+    try:
+        x = torch.ones(2, 32, dtype=torch.bfloat16, device=device_type)
+        q = torch.ones(8, 32, dtype=torch.int8, device=device_type)
+        s = torch.ones(8, dtype=torch.bfloat16, device=device_type)
+        out = torch.ops.aten._weight_int8pack_mm(x, q, s)
+        return bool(torch.allclose(out.float(), torch.full((2, 8), 32.0, device=device_type)))
+    except Exception:  # missing op, or no kernel for this device / shape
+        return False
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: returns (int8 weight (out, in), float32 scales (out,))."""
+    w = w.detach().float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+class Int8Linear(nn.Module):
+    """A Linear with int8 weights and per-output-channel scales (inference only)."""
+
+    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scales = quantize_weight(linear.weight)
+        self.register_buffer("weight", q.contiguous())
+        self.compute_dtype = compute_dtype
+        self.register_buffer("scales", scales.to(compute_dtype))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.fast = compute_dtype == torch.bfloat16 and _int8_kernel_available(q.device.type)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
+        if self.fast:
+            out = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, self.scales)
+        else:
+            out = F.linear(x2, self.weight.to(self.compute_dtype)) * self.scales
+        out = out.to(dtype).view(*shape[:-1], self.out_features)
+        return out + self.bias.to(dtype) if self.bias is not None else out
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float() * self.scales.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8, kernel={'int8pack' if self.fast else 'dequant'}"
+
+
+def quantize_model(model: nn.Module, mode: str = "int8", include_lm_head: bool = True,
+                   compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every nn.Linear of `model` in place (lm_head too unless `include_lm_head=False`).
+
+    A tied lm_head gets its own int8 copy; the embedding keeps its floating-point table.
+    """
+    if mode not in QUANT_MODES:
+        raise SrlmError(f"--quantize {mode!r} is not supported; choose one of: {', '.join(QUANT_MODES)}")
+    p = next(model.parameters())
+    compute_dtype = compute_dtype or (torch.bfloat16 if p.dtype == torch.float32 else p.dtype)
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)
+               and (include_lm_head or not name.endswith("lm_head"))]
+    for name, lin in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Int8Linear(lin, compute_dtype=compute_dtype))
+    return model
+
+
+def load_for_inference(path, dtype=None, device="cpu", quantize: str | None = None):
+    """`srlm.load` plus optional quantization: (model, tokenizer). int8 runs activations in bf16 by default."""
+    from srlm.model.checkpoint import load
+
+    if quantize is not None and quantize not in QUANT_MODES:
+        raise SrlmError(f"--quantize {quantize!r} is not supported; choose one of: {', '.join(QUANT_MODES)}")
+    if quantize and dtype is None:
+        dtype = "bfloat16"
+    model, tokenizer = load(path, dtype=dtype, device=device)
+    if quantize:
+        quantize_model(model, quantize)
+    return model, tokenizer
