@@ -1,0 +1,392 @@
+"""GRPO: reinforcement learning from a task's verifier (DeepSeekMath, arXiv 2402.03300).
+
+Supports: prompts from any registered generate-kind task (synthetic suites, GSM8K files); G
+completions per prompt sampled by srlm's engine with the policy being trained; rewards = a
+weighted sum of named reward functions (`correct`: the task's verifier; `format`: a
+`<think>...</think>` block then the answer line); group-normalised advantages, with or without
+the std division (Dr. GRPO); the clipped surrogate with clip-higher (DAPO); `grpo` / `dr_grpo` /
+`dapo` loss aggregation; masking of truncated completions; an optional k3 KL penalty to a frozen
+reference (`beta`; at 0 no reference model is kept); `num_iterations` optimisation passes per
+rollout batch (old log-probs recomputed once after sampling, so importance ratios are exact);
+LoRA; resume (the rollout buffer and counters live in the checkpoint).
+
+A reward function or verifier that raises, or takes longer than `verifier_timeout_s`, scores 0
+for that completion; the run goes on and the counts are logged (`reward_errors`,
+`verifier_timeouts`). Logged per step: reward, accuracy, format, completion length, truncated
+fraction, clip fraction, KL, entropy, generation vs optimisation seconds.
+
+    srlm train grpo --config src/srlm/recipes/grpo-tiny.yaml init_from=runs/sft/final
+
+`batch_size` counts completions per optimizer step (prompts x num_generations). Rollouts are
+made in `before_step` every `num_iterations` steps; the loop then runs its micro-batches over
+that buffer.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from srlm.errors import SrlmError
+from srlm.train.config import TrainConfig
+from srlm.train.lora import LoRAConfig, apply_lora
+from srlm.train.loop import build_model, train
+from srlm.train.losses import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, token_logprobs
+
+
+@dataclass
+class GRPOConfig(TrainConfig):
+    #: registered task supplying prompts and the verifier (e.g. synth-gsm, gsm8k)
+    task: str = "synth-gsm"
+    #: keyword options for the task, e.g. {difficulties: [1, 2, 3]}; {data: FILE} for file-backed tasks
+    task_options: dict = field(default_factory=dict)
+    #: train prompts to draw from (null: all the task gives)
+    num_prompts: int | None = 2000
+    #: system message before each prompt (null: none)
+    system: str | None = None
+    #: completions per prompt (the group size G)
+    num_generations: int = 8
+    max_new_tokens: int = 256
+    #: sampling temperature; the loss's log-probs use the same temperature
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    #: reward name -> weight; names: correct (the task's verifier), format (<think>...</think> then the answer)
+    rewards: dict = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
+    #: seconds a verifier may take before its completion scores 0 (0: no limit)
+    verifier_timeout_s: float = 5.0
+    #: KL coefficient to the frozen starting policy (0: no reference model, the DAPO / Dr. GRPO default)
+    beta: float = 0.0
+    #: lower clip range of the importance ratio
+    epsilon: float = 0.2
+    #: upper clip range (null: = epsilon); DAPO's clip-higher uses 0.28
+    epsilon_high: float | None = None
+    #: grpo (per-sequence mean) | dr_grpo (sum / (G * max_new_tokens)) | dapo (token mean over the batch)
+    loss_type: str = "dapo"
+    #: divide advantages by the group's std (group), the batch's (batch), or not at all (none: Dr. GRPO)
+    scale_rewards: str = "group"
+    #: optimizer steps per rollout batch (PPO epochs, mu in the paper); > 1 makes importance ratios matter
+    num_iterations: int = 1
+    #: drop completions cut at max_new_tokens from the loss (DAPO overlong filtering)
+    mask_truncated_completions: bool = False
+    #: LoRA adapters instead of full fine-tuning (`lora.enabled=true`)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    batch_size: int = 32
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    max_grad_norm: float = 1.0
+    log_every: int = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewards
+
+_FORMAT = re.compile(r"^\s*<think>.+?</think>\s*\S", re.DOTALL)
+
+
+def reward_correct(text: str, example, task) -> float:
+    """1 when the task's verifier accepts the extracted answer."""
+    return float(bool(task.is_correct(task.extract(text), example)))
+
+
+def reward_format(text: str, example, task) -> float:
+    """1 when the completion is `<think>...</think>` followed by an answer."""
+    return float(bool(_FORMAT.match(text)))
+
+
+REWARDS: dict[str, Callable[[str, Any, Any], float]] = {"correct": reward_correct, "format": reward_format}
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """SIGALRM-based limit in the main thread (verifiers are pure Python); no limit elsewhere."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise _Timeout()
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def score(texts: list[str], examples: list, task, rewards: dict[str, float], timeout_s: float = 5.0,
+          functions: dict[str, Callable] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
+    """(weighted reward per completion, each named reward per completion, {errors, timeouts})."""
+    functions = functions or REWARDS
+    per: dict[str, torch.Tensor] = {}
+    counts = {"errors": 0, "timeouts": 0}
+    for name in rewards:
+        fn = functions[name]
+        vals = []
+        for text, ex in zip(texts, examples):
+            try:
+                with _time_limit(timeout_s):
+                    vals.append(float(fn(text, ex, task)))
+            except _Timeout:
+                counts["timeouts"] += 1
+                vals.append(0.0)
+            except Exception:  # a user reward function's bug must not end a long run: count it, score 0
+                counts["errors"] += 1
+                vals.append(0.0)
+        per[name] = torch.tensor(vals, dtype=torch.float32)
+    total = sum(w * per[n] for n, w in rewards.items())
+    return total, per, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def _check(config: GRPOConfig, world: int = 1) -> None:
+    if config.loss_type not in LOSS_TYPES:
+        raise SrlmError(f"loss_type={config.loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
+    if config.scale_rewards not in ADVANTAGE_SCALES:
+        raise SrlmError(f"scale_rewards={config.scale_rewards!r}: use one of {', '.join(ADVANTAGE_SCALES)}")
+    if config.num_generations < 2:
+        raise SrlmError(f"num_generations={config.num_generations}: GRPO compares completions within a group; use >= 2")
+    if config.batch_size % config.num_generations:
+        raise SrlmError(f"batch_size={config.batch_size} (completions per step) must be a multiple of "
+                        f"num_generations={config.num_generations}")
+    if config.num_iterations < 1:
+        raise SrlmError(f"num_iterations={config.num_iterations} must be >= 1")
+    unknown = [n for n in config.rewards if n not in REWARDS]
+    if unknown or not config.rewards:
+        raise SrlmError(f"rewards: unknown reward(s) {unknown}; known: {', '.join(REWARDS)}")
+    if config.beta < 0:
+        raise SrlmError(f"beta={config.beta} must be >= 0")
+
+
+class GRPOStage:
+    name = "grpo"
+
+    def __init__(self, config: GRPOConfig, tokenizer, model=None, examples: list | None = None):
+        from srlm.data.tasks import get_task
+
+        _check(config)
+        self.config = config
+        self.tokenizer = tokenizer
+        options = dict(config.task_options)
+        data = options.pop("data", None)
+        self.task = get_task(config.task, **options)
+        if self.task.kind != "generate":
+            raise SrlmError(f"task {config.task!r} is scored by log-likelihood; GRPO needs a task whose answers "
+                            f"are generated and verified")
+        self.examples = examples if examples is not None else self.task.load(split="train", data=data,
+                                                                                limit=config.num_prompts)
+        if not self.examples:
+            raise SrlmError(f"task {config.task!r} gave no training prompts")
+        self.prompt_ids = [self._prompt(ex) for ex in self.examples]
+        self.pad_id = tokenizer.pad_token_id
+        self.ref = None
+        if config.beta > 0:
+            if model is None:
+                raise SrlmError("beta > 0 needs the starting model for the reference policy")
+            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+        self.buffer: dict[str, Any] | None = None
+        self.rollout_index = -1
+        self.totals = {"reward_errors": 0, "verifier_timeouts": 0, "rollouts": 0}
+        self._opt_t0: float | None = None
+        self._last_opt_s = 0.0
+
+    def _prompt(self, ex) -> list[int]:
+        msgs = ([{"role": "system", "content": self.config.system}] if self.config.system else [])
+        msgs.append({"role": "user", "content": ex.prompt})
+        return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.config.batch_size // self.config.num_generations
+
+    def _prompt_indices(self, rollout: int) -> list[int]:
+        n, p = len(self.examples), self.prompts_per_step
+        out = []
+        for k in range(rollout * p, (rollout + 1) * p):
+            epoch, off = divmod(k, n)
+            perm = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+            out.append(int(perm[off]))
+        return out
+
+    # ---- rollouts ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _rollout(self, model, rollout: int) -> dict[str, Any]:
+        from srlm.infer.engine import Engine
+
+        cfg, G = self.config, self.config.num_generations
+        was_training = model.training
+        t0 = time.perf_counter()
+        idx = self._prompt_indices(rollout)
+        engine = Engine(model, self.tokenizer)
+        try:
+            groups = engine.generate([self.prompt_ids[i] for i in idx], n=G, max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                     seed=cfg.seed * 100_003 + rollout)
+        finally:
+            model.train(was_training)
+        t_gen = time.perf_counter() - t0
+        comps = [c for g in groups for c in g]
+        examples = [self.examples[i] for i in idx for _ in range(G)]
+        prompts = [self.prompt_ids[i] for i in idx for _ in range(G)]
+        t1 = time.perf_counter()
+        # correctness is always measured for the logs, weighted 0 when it is not a reward
+        weights = {"correct": 0.0, **cfg.rewards}
+        rewards, per, counts = score([c.text or "" for c in comps], examples, self.task, weights,
+                                     cfg.verifier_timeout_s)
+        t_score = time.perf_counter() - t1
+        self.totals["reward_errors"] += counts["errors"]
+        self.totals["verifier_timeouts"] += counts["timeouts"]
+        self.totals["rollouts"] += 1
+
+        R = len(comps)
+        lens = [len(p) + len(c.token_ids) for p, c in zip(prompts, comps)]
+        L = max(lens)
+        ids = torch.full((R, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(R, L - 1, dtype=torch.bool)  # mask[t]: token t+1 is a completion token
+        for r, (p, c) in enumerate(zip(prompts, comps)):
+            ids[r, :len(p)] = torch.tensor(p)
+            if c.token_ids:
+                ids[r, len(p):lens[r]] = torch.tensor(c.token_ids)
+                mask[r, len(p) - 1:lens[r] - 1] = True
+        truncated = torch.tensor([c.finish_reason == "length" for c in comps])
+        adv = group_advantages(rewards, G, cfg.scale_rewards)
+        buf = {"input_ids": ids, "mask": mask, "advantages": adv, "truncated": truncated, "rewards": rewards}
+        device = next(model.parameters()).device
+        if cfg.num_iterations > 1:
+            buf["old_logps"] = self._logps(model, ids, mask, device)
+        if self.ref is not None:
+            self.ref.to(device)
+            buf["ref_logps"] = self._logps(self.ref, ids, mask, device)
+        n_tok = mask.sum(1).float()
+        buf["stats"] = {
+            "reward": float(rewards.mean()),
+            **{f"reward_{k}": float(v.mean()) for k, v in per.items()},
+            "accuracy": float(per["correct"].mean()),
+            "completion_len": float(n_tok.mean()),
+            "truncated": float(truncated.float().mean()),
+            "solved_groups": float((per["correct"].view(-1, G).max(1).values > 0).float().mean()),
+            "time_generate_s": t_gen,
+            "time_score_s": t_score,
+            "reward_errors": float(self.totals["reward_errors"]),
+            "verifier_timeouts": float(self.totals["verifier_timeouts"]),
+        }
+        return buf
+
+    def _logps(self, model, ids, mask, device) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.dtype in ("bf16", "bfloat16")):
+                out = torch.zeros(mask.shape, dtype=torch.float32)
+                mb = max(1, self.config.batch_size // max(1, self.config.grad_accum))
+                for s in range(0, ids.shape[0], mb):
+                    x, m = ids[s:s + mb].to(device), mask[s:s + mb].to(device)
+                    h = model.hidden_states(x)[:, :-1][m]
+                    lp, _ = token_logprobs(h, model.lm_head.weight, x[:, 1:][m], self.config.temperature)
+                    out[s:s + mb][m.cpu()] = lp.float().cpu()
+        finally:
+            model.train(was)
+        return out
+
+    def before_step(self, step: int, model) -> None:
+        now = time.perf_counter()
+        if self._opt_t0 is not None:
+            self._last_opt_s = now - self._opt_t0
+        rollout = step // self.config.num_iterations
+        if rollout != self.rollout_index or self.buffer is None:
+            self.buffer = self._rollout(model, rollout)
+            self.rollout_index = rollout
+        self._opt_t0 = time.perf_counter()
+
+    # ---- loop interface --------------------------------------------------------------------
+    def batches(self, start: int, micro_batch_size: int) -> Iterator[dict]:
+        per_step = self.config.batch_size // micro_batch_size
+        k = start
+        while True:
+            j = k % per_step
+            buf = self.buffer
+            if buf is None:
+                raise RuntimeError("GRPO batches() read before before_step() made rollouts")
+            sl = slice(j * micro_batch_size, (j + 1) * micro_batch_size)
+            batch = {key: buf[key][sl] for key in ("input_ids", "mask", "advantages", "truncated", "old_logps",
+                                                     "ref_logps") if key in buf}
+            k += 1
+            yield batch
+
+    def _units(self, batch) -> float:
+        cfg = self.config
+        mask = batch["mask"]
+        if cfg.mask_truncated_completions:
+            mask = mask & ~batch["truncated"][:, None]
+        if cfg.loss_type == "grpo":
+            return float(batch["input_ids"].shape[0])
+        if cfg.loss_type == "dr_grpo":
+            return float(batch["input_ids"].shape[0] * cfg.max_new_tokens)
+        return float(mask.sum())
+
+    def weight(self, batch) -> float:
+        return self._units(batch)
+
+    def loss(self, model, batch):
+        cfg = self.config
+        ids, mask = batch["input_ids"], batch["mask"]
+        h = model.hidden_states(ids)[:, :-1][mask]
+        lp, ent = token_logprobs(h, model.lm_head.weight, ids[:, 1:][mask], cfg.temperature)
+        logps = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device).masked_scatter(mask, lp)
+        old = batch.get("old_logps")
+        ref = batch.get("ref_logps")
+        eps_hi = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+        loss, stats = grpo_loss(logps, old, batch["advantages"], mask, ref_logps=ref, beta=cfg.beta,
+                                epsilon_low=cfg.epsilon, epsilon_high=eps_hi, loss_type=cfg.loss_type,
+                                max_len=cfg.max_new_tokens,
+                                truncated=batch["truncated"] if cfg.mask_truncated_completions else None)
+        stats = {**self.buffer["stats"], **stats, "entropy": float(ent.mean()) if ent.numel() else 0.0,
+                 "time_optimize_s": self._last_opt_s}
+        return loss * self._units(batch), stats
+
+    def state_dict(self) -> dict:
+        buf = None
+        if self.buffer is not None:
+            buf = {k: v for k, v in self.buffer.items() if torch.is_tensor(v)}
+            buf["stats"] = {k: float(v) for k, v in self.buffer["stats"].items()}
+        return {"totals": dict(self.totals), "rollout_index": self.rollout_index, "buffer": buf}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.totals.update(d.get("totals", {}))
+        self.rollout_index = int(d.get("rollout_index", -1))
+        self.buffer = d.get("buffer")
+
+
+def prepare(config: GRPOConfig):
+    model, tokenizer = build_model(config)
+    if config.lora.enabled:
+        apply_lora(model, config.lora)
+    return model, tokenizer
+
+
+def run(config: GRPOConfig, evaluate=None) -> dict:
+    model, tokenizer = prepare(config)
+    stage = GRPOStage(config, tokenizer, model=model)
+    return train(config, model, tokenizer, stage, evaluate=evaluate, stage_name="grpo")
+
+
+Config = GRPOConfig
