@@ -1,0 +1,208 @@
+"""`srlm bench`: prefill and decode speed, time to first token and memory, as one JSON object.
+
+    srlm bench PATH                                   # a checkpoint folder
+    srlm bench --preset qwen2.5-0.5b --random-init    # no weights needed
+    srlm bench ... --quantize int8 --compare hf       # add srlm-int8 and transformers' generate
+
+Every figure is wall-clock through the public API (`Engine.generate`, greedy, no stop ids):
+decode tokens/s = batch x new tokens / time of the whole call (prompt prefill included, as
+for transformers); prefill tokens/s = prefill length / time to generate one token from a
+prompt that long; time to first token uses the decode prompt. With `--compare hf`,
+transformers' `generate` runs on the same checkpoint (a `--random-init` model is saved to a
+temporary folder first) in the same process, the variants alternating round by round so
+a shared machine's load hits all alike; each figure is the best of `--rounds`. Peak RSS is
+measured before transformers is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from srlm.errors import SrlmError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("path", nargs="?", default=None, help="checkpoint folder (or use --preset --random-init)")
+    p.add_argument("--preset", default=None, help="model preset name, with --random-init")
+    p.add_argument("--random-init", action="store_true", help="random weights of the preset's shape")
+    p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a preset field, e.g. num_hidden_layers=4 (repeatable)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the checkpoint's; bfloat16 for presets)")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="also measure int8 weight-only srlm")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure the torch.compile'd decode step (needs --rounds >= 2: round 1 compiles)")
+    p.add_argument("--compare", choices=["hf"], default=None, help="also run transformers' generate, alternating")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--prefill-len", type=int, default=512)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="decode batch sizes")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each figure is the best")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SrlmError(f"--override {item!r}: expected FIELD=VALUE, e.g. num_hidden_layers=4")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _materialise(args, tmp: Path) -> Path:
+    """The checkpoint folder to benchmark: PATH, or a random-init preset saved under `tmp`."""
+    if args.path:
+        if args.preset or args.random_init:
+            raise SrlmError("give either a checkpoint PATH or --preset NAME --random-init, not both")
+        return Path(args.path)
+    if not (args.preset and args.random_init):
+        raise SrlmError("srlm bench needs a checkpoint PATH, or --preset NAME --random-init (no weights needed)")
+    import torch
+
+    from srlm.model import CausalLM, preset, save
+
+    config = preset(args.preset, **_parse_overrides(args.override))
+    torch.manual_seed(args.seed)
+    model = CausalLM(config).eval()
+    folder = tmp / args.preset
+    save(model, folder, dtype=args.dtype or "bfloat16")
+    del model
+    return folder
+
+
+class _Srlm:
+    def __init__(self, folder: Path, dtype, quantize, compile: bool = False):
+        from srlm.infer.engine import Engine
+        from srlm.infer.quant import load_for_inference
+
+        model, _ = load_for_inference(folder, dtype=dtype, quantize=quantize)
+        self.engine = Engine(model, compile=compile)
+        self.vocab = model.config.vocab_size
+        self.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        if quantize:
+            self.dtype = f"{quantize} weights, {self.dtype} activations"
+
+    def run(self, prompts, new_tokens: int) -> int:
+        out = self.engine.generate(prompts, max_new_tokens=new_tokens, temperature=0, stop_token_ids=[])
+        return sum(len(g[0].token_ids) for g in out)
+
+
+class _HF:
+    def __init__(self, folder: Path, dtype):
+        import torch
+        import transformers
+
+        from srlm.model.checkpoint import torch_dtype
+
+        kw = {"dtype": torch_dtype(dtype)} if dtype else {"dtype": "auto"}
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kw).eval()
+        self.dtype = str(self.model.dtype).replace("torch.", "")
+        self.torch = torch
+
+    def run(self, prompts, new_tokens: int) -> int:
+        torch = self.torch
+        ids = torch.tensor(prompts)  # the bench uses equal-length prompts: no padding needed
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        return (out.shape[1] - ids.shape[1]) * ids.shape[0]
+
+
+def _timed(fn, *a) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = fn(*a)
+    return time.perf_counter() - t0, n
+
+
+def main(args) -> int:
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    for name in ("prompt_len", "new_tokens", "prefill_len", "rounds"):
+        if getattr(args, name) <= 0:
+            raise SrlmError(f"--{name.replace('_', '-')} must be positive")
+    if any(b <= 0 for b in args.batch):
+        raise SrlmError("--batch sizes must be positive")
+    with tempfile.TemporaryDirectory(prefix="srlm-bench-") as tmp:
+        folder = _materialise(args, Path(tmp))
+        dtype = args.dtype or ("bfloat16" if args.random_init else None)
+        variants: dict[str, object] = {"srlm": _Srlm(folder, dtype, None)}
+        if args.compile:
+            variants["srlm-compile"] = _Srlm(folder, dtype, None, compile=True)
+        if args.quantize:
+            variants[f"srlm-{args.quantize}"] = _Srlm(folder, dtype, args.quantize)
+            if args.compile:
+                variants[f"srlm-{args.quantize}-compile"] = _Srlm(folder, dtype, args.quantize, compile=True)
+        peak_rss = _peak_rss_mb()
+        if args.compare == "hf":
+            variants["hf"] = _HF(folder, dtype)
+        ref = variants["srlm"]
+        g = torch.Generator().manual_seed(args.seed)
+        vocab = ref.vocab
+        if args.prefill_len + 1 > ref.engine.max_context or args.prompt_len + args.new_tokens > ref.engine.max_context:
+            raise SrlmError(f"prompt and generation lengths exceed the model's context of {ref.engine.max_context}")
+
+        def prompts(b, length):
+            return torch.randint(1, vocab, (b, length), generator=g).tolist()
+
+        work = [("prefill", prompts(1, args.prefill_len), 1), ("ttft", prompts(1, args.prompt_len), 1)]
+        work += [(f"decode_b{b}", prompts(b, args.prompt_len), args.new_tokens) for b in args.batch]
+        for v in variants.values():  # warm-up: first calls pay allocation and kernel selection
+            v.run(prompts(1, 8), 4)
+        best: dict[str, dict[str, float]] = {name: {} for name in variants}
+        for _ in range(args.rounds):
+            for key, ps, new in work:
+                for name, v in variants.items():
+                    dt, n = _timed(v.run, ps, new)
+                    rate = (len(ps[0]) if key == "prefill" else n) / dt
+                    cur = best[name].get(key)
+                    if key == "ttft":
+                        best[name][key] = dt if cur is None else min(cur, dt)
+                    else:
+                        best[name][key] = rate if cur is None else max(cur, rate)
+                    print(f"# {name} {key}: {dt:.3f}s", file=sys.stderr, flush=True)
+
+    def figures(name):
+        b = best[name]
+        return {"prefill_tokens_per_s": round(b["prefill"], 1), "ttft_s": round(b["ttft"], 4),
+                "decode_tokens_per_s": {str(k): round(b[f"decode_b{k}"], 1) for k in args.batch},
+                "dtype": variants[name].dtype}
+
+    result = {
+        "model": args.preset or str(args.path), "random_init": bool(args.random_init),
+        "overrides": _parse_overrides(args.override) or None,
+        "params": sum(p.numel() for p in ref.engine.model.parameters()),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "prefill_len": args.prefill_len,
+        "rounds": args.rounds, "peak_rss_mb": peak_rss, **figures("srlm"),
+    }
+    for name in variants:
+        if name != "srlm":
+            result[name] = figures(name)
+    if "hf" in variants:
+        import transformers
+
+        result["transformers"] = transformers.__version__
+        hf = best["hf"]
+        result["ratios_vs_hf"] = {
+            name: {"prefill": round(best[name]["prefill"] / hf["prefill"], 2),
+                   "ttft": round(hf["ttft"] / best[name]["ttft"], 2),
+                   **{f"decode_b{b}": round(best[name][f"decode_b{b}"] / hf[f"decode_b{b}"], 2) for b in args.batch}}
+            for name in variants if name != "hf"}
+    print(json.dumps(result))
+    return 0
