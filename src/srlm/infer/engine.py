@@ -237,20 +237,28 @@ class Engine:
                 think_count = torch.where(is_start, 0, torch.where(in_think & ~is_end, think_count + 1, think_count))
                 in_think = (in_think | is_start) & ~is_end
             done = t + 1 >= limits
-            hit = torch.isin(tok, stop_t) if stop_t is not None else torch.zeros_like(active)
+            hit = torch.isin(tok, stop_t) if stop_t is not None else None
             if text_stops is not None:
-                hits = text_stops.check(row_ids.tolist(), tok.tolist(), active.tolist())
-                hit = hit | torch.tensor(hits, device=dev)
-            newly = active & (hit | done)
+                hits = torch.tensor(text_stops.check(row_ids.tolist(), tok.tolist(), active.tolist()), device=dev)
+                hit = hits if hit is None else hit | hits
+            newly = active & (done if hit is None else hit | done)
+            compact = False
             if newly.any():
                 fin = row_ids[newly]
                 lengths[fin] = t + 1
-                stopped_code[fin] = hit[newly]
+                if hit is not None:
+                    stopped_code[fin] = hit[newly]
                 active = active & ~newly
+                n_live = int(active.sum())
+                # compact once half the rows are done: a finished row would cost as much as a live one
+                compact = n_live <= active.numel() // 2
+            else:
+                n_live = -1
             if emit:
                 was = active | newly
-                yield row_ids[was].tolist(), tok[was].tolist(), (newly & hit)[was].tolist()
-            if not active.any():
+                stopped_now = newly & hit if hit is not None else torch.zeros_like(newly)
+                yield row_ids[was].tolist(), tok[was].tolist(), stopped_now[was].tolist()
+            if n_live == 0:
                 return
             if static:
                 smask[:, P + t] = True
@@ -258,9 +266,7 @@ class Engine:
                 logits = self._static_step(tok, next_pos, cache, smask, slot)
                 next_pos += 1
                 continue
-            # compact once half the rows are done: a finished row would cost as much as a live one
-            n_live = int(active.sum())
-            if n_live <= active.numel() // 2:
+            if compact:
                 keep = active.nonzero().squeeze(1)
                 cache.select(keep)
                 row_ids, tok, next_pos, limits, active = row_ids[keep], tok[keep], next_pos[keep], limits[keep], active[keep]

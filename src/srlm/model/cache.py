@@ -41,9 +41,11 @@ class KVCache:
         end = self.pos + t
         if end > self.max_len:
             raise RuntimeError(f"KV cache overflow: {end} > {self.max_len} slots")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        # narrow() views instead of multi-axis slicing: fewer dispatched ops in the per-token hot loop
+        kl, vl = self.k[layer], self.v[layer]
+        kl.narrow(2, self.pos, t).copy_(k)
+        vl.narrow(2, self.pos, t).copy_(v)
+        return kl.narrow(2, 0, end), vl.narrow(2, 0, end)
 
     def advance(self, t: int) -> None:
         """Called once per forward pass, after every layer has written its `t` new slots."""
