@@ -415,9 +415,18 @@ class Runner:
             raise SrlmError(f"stage {s['name']!r}: starting checkpoint {start} is missing; re-run the stage that "
                             f"makes it or fix `from`")
         mod, config = self.stage_config(s, start, tok_dir, done)
-        self.log(f"[{s['name']}] {s['kind']}: {config.steps} steps from {start}")
+        from srlm.train.loop import list_checkpoints
+
+        ckpts = list_checkpoints(stage_dir)
+        newest = int(json.loads((ckpts[-1] / "training_state.json").read_text())["step"]) if ckpts else 0
         t0 = time.perf_counter()
-        result = mod.run(config)
+        if newest >= config.steps and (stage_dir / "final" / "config.json").is_file():
+            # killed after its last checkpoint and final model, before done.json: nothing left to train
+            result = {}
+        else:
+            what = f"resuming at step {newest} of {config.steps}" if newest else f"{config.steps} steps"
+            self.log(f"[{s['name']}] {s['kind']}: {what} from {start}")
+            result = mod.run(config)
         train_s = time.perf_counter() - t0
         info = {"steps": config.steps, "train_s": train_s, "log": str(stage_dir / "metrics.jsonl"),
                 "notes": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()

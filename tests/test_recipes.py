@@ -1,0 +1,138 @@
+"""`srlm run`: the study recipes end to end on small random Qwen2 checkpoints, skip/resume, errors, the default."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from srlm.errors import SrlmError
+from srlm.model import CausalLM, preset, save
+from srlm.recipes.runner import Runner, builtin_recipes, load_recipe
+from srlm.tokenizer import Tokenizer
+
+from _train_fixtures import make_tokenizer
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+GSM8K = SAMPLES / "gsm8k" / "train_sample.jsonl"
+STUDY = [r for r in builtin_recipes() if r.startswith("study-")]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A random Qwen2 student and a wider random Qwen2 teacher sharing one tokenizer."""
+    root = tmp_path_factory.mktemp("ckpt")
+    tok = Tokenizer.from_dir(make_tokenizer(root / "tok"))
+    out = {}
+    for name, width in (("student", 32), ("teacher", 48)):
+        torch.manual_seed(width)
+        cfg = preset("qwen2.5-0.5b", vocab_size=tok.vocab_size, hidden_size=width, intermediate_size=2 * width,
+                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                     eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=True)
+        out[name] = save(CausalLM(cfg), root / name, tokenizer=tok)
+    return out
+
+
+def _study_sets(recipe_name, checkpoints):
+    sets = [f"student={checkpoints['student']}", f"teacher={checkpoints['teacher']}", f"gsm8k_train={GSM8K}",
+            f"gsm8k_test={GSM8K}", "eval.n=2", "eval.batch_size=2", "eval.max_new_tokens=6",
+            "defaults.dtype=fp32", "defaults.batch_size=2", "defaults.grad_accum=1", "defaults.max_seq_len=96",
+            "defaults.num_threads=1", "defaults.progress=false", "defaults.save_every=0",
+            "defaults.gradient_checkpointing=false"]
+    recipe = load_recipe(recipe_name, sets)
+    for s in recipe["stages"]:
+        if s["kind"] == "eval":
+            continue
+        sets.append(f"{s['name']}.steps=2")
+        if s["kind"] in ("sft", "kd"):
+            sets += [f"{s['name']}.val_size=0", f"{s['name']}.data_limit=8"]
+        if s["kind"] == "grpo":
+            sets += [f"{s['name']}.batch_size=4", f"{s['name']}.grad_accum=1", f"{s['name']}.num_generations=2",
+                     f"{s['name']}.max_new_tokens=6", f"{s['name']}.num_prompts=4", f"{s['name']}.save_every=0"]
+    return sets
+
+
+@pytest.mark.parametrize("name", STUDY)
+def test_study_recipe_runs_end_to_end(name, checkpoints, tmp_path):
+    recipe = load_recipe(name, _study_sets(name, checkpoints))
+    summary = Runner(recipe, tmp_path / "run", log=lambda *a: None).run()
+    stages = [s["name"] for s in summary["stages"]]
+    assert stages == [s["name"] for s in recipe["stages"]] and stages[0] == "base"
+    for s in summary["stages"]:
+        assert "gsm8k" in s["eval"] and s["eval"]["gsm8k"]["n"] == 2
+        assert (tmp_path / "run" / "evals" / f"{s['name']}.json").is_file()
+        if s["kind"] != "eval":
+            assert (tmp_path / "run" / s["name"] / "final" / "model.safetensors").is_file()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["recipe"] == name and (tmp_path / "run" / "report.md").is_file()
+    if "lora" in name:
+        assert (tmp_path / "run" / "sft" / "final" / "adapter").is_dir()
+
+
+def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
+    sets = ["eval.n=3", "eval.batch_size=3", "eval.max_new_tokens=4", "defaults.num_threads=1",
+            "defaults.max_seq_len=128", "defaults.batch_size=4", "tokenizer.train.examples=200",
+            "task_options.n_train=64", "teacher.steps=1", "sft.steps=4", "sft.save_every=2", "sft.keep_last=2", "kd.steps=1",
+            "grpo.steps=1", "grpo.batch_size=4", "grpo.num_generations=2", "grpo.max_new_tokens=4",
+            "grpo.num_prompts=4"]
+    for key in ("teacher", "sft", "kd"):
+        sets.append(f"{key}.val_size=0")
+    recipe = load_recipe("default", sets)
+    # a smaller teacher keeps the test fast; the recipe's mechanics are the same
+    for s in recipe["stages"]:
+        if s["name"] == "teacher":
+            s["model"] = "tiny"
+    out = tmp_path / "run"
+    Runner(recipe, out, log=lambda *a: None).run()
+    # interrupt `sft` after checkpoint-2: drop what came after it, and what depends on it
+    sft = out / "sft"
+    import shutil
+
+    for p in (sft / "done.json", sft / "final", sft / "checkpoint-000004"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    assert (sft / "checkpoint-000002").is_dir()
+    import srlm.train.loop as loop
+
+    loaded, runs = [], []
+    real_load = loop.Trainer._load
+    monkeypatch.setattr(loop.Trainer, "_load", lambda self, ckpt: loaded.append(ckpt.name) or real_load(self, ckpt))
+    real_run = loop.Trainer.run
+    monkeypatch.setattr(loop.Trainer, "run", lambda self: runs.append(self.stage_name) or real_run(self))
+    msgs = []
+    Runner(recipe, out, log=msgs.append).run()
+    assert runs == ["sft"] and loaded == ["checkpoint-000002"]
+    assert any("resuming at step 2 of 4" in m for m in msgs)
+    assert any("[kd] finished earlier" in m for m in msgs)
+    steps = [json.loads(line)["step"] for line in (sft / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 4
+
+
+def test_recipe_errors_are_clear(tmp_path):
+    with pytest.raises(SrlmError, match="unknown recipe 'defualt'.*Did you mean 'default'"):
+        load_recipe("defualt")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny\ntokenizer: {train: {}}\ntask: synth-gsm\nstages:\n  - {name: a, kind: sfft}\n")
+    with pytest.raises(SrlmError, match="unknown kind 'sfft'.*Did you mean 'sft'"):
+        load_recipe(str(bad))
+    bad.write_text("model: tiny\ntask: synth-gsm\nstages:\n  - {name: a, kind: sft, from: nothere}\n")
+    with pytest.raises(SrlmError, match="starts from 'nothere'"):
+        load_recipe(str(bad))
+    bad.write_text("model: tiny\ntask: synth-gsm\nstages:\n  - {name: a, kind: kd, config: {teacher: '@t'}}\n")
+    with pytest.raises(SrlmError, match="refers to @t"):
+        load_recipe(str(bad))
+    bad.write_text("model: /no/such/folder\ntask: synth-gsm\nstages:\n  - {name: a, kind: eval}\n")
+    with pytest.raises(SrlmError, match="neither a checkpoint folder nor a preset"):
+        Runner(load_recipe(str(bad)), tmp_path / "o", log=lambda *a: None).run()
+    with pytest.raises(SrlmError, match="not a var"):
+        load_recipe("default", ["nosuchthing=1"])
+
+
+@pytest.mark.slow
+def test_default_pipeline_meets_its_targets(tmp_path):
+    """The full built-in run (about 20 minutes on 2 quiet cores)."""
+    summary = Runner(load_recipe("default"), tmp_path / "run").run()
+    acc = {s["name"]: s["eval"]["synth-gsm"] for s in summary["stages"]}
+    assert acc["sft"]["accuracy"] > acc["base"]["accuracy"] + 0.2
+    assert acc["kd"]["accuracy"] > acc["sft"]["accuracy"]
+    assert acc["grpo"]["accuracy@d3"] >= acc["kd"]["accuracy@d3"] + 0.05
+    assert acc["grpo"]["accuracy@d1"] >= 0.9
