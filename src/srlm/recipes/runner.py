@@ -215,6 +215,10 @@ class Runner:
         spec = self.recipe.get("tokenizer")
         model = self.recipe["model"]
         if spec is None:
+            from srlm.model import PRESETS
+
+            if not Path(model).is_dir() and model not in PRESETS:
+                raise SrlmError(f"model {model!r} is neither a checkpoint folder nor a preset ({', '.join(PRESETS)})")
             if not Path(model).is_dir():
                 raise SrlmError(f"model {model!r} is a preset: the recipe needs `tokenizer` (a folder, or "
                                 f"{{train: {{vocab_size: N}}}} to train one)")
