@@ -42,3 +42,14 @@ def test_two_processes_match_one(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     # only rank 0 wrote: one metrics line per step
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_one(tmp_path):
+    tok = make_tokenizer(tmp_path / "tok")
+    one = _train(1, tmp_path / "one", tok, {"grad_accum": 2})
+    two = _train(2, tmp_path / "fsdp", tok, {"fsdp": "true"})
+    assert one == pytest.approx(two, rel=1e-5)
+    a, b = load_model(tmp_path / "one" / "final").state_dict(), load_model(tmp_path / "fsdp" / "final").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

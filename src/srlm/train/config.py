@@ -59,8 +59,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    #: autocast dtype: bf16 (weights stay fp32, matmuls in bf16) or fp32
-    dtype: str = "bf16"
+    #: autocast dtype: bf16 (weights stay fp32, matmuls in bf16), fp32, or auto = bf16 where the
+    #: hardware has fast bf16 (CUDA; CPUs with AVX-512-BF16/AMX), else fp32 (bf16 on AVX2 is ~100x slower)
+    dtype: str = "auto"
     seed: int = 0
     #: checkpoint every N steps (0: only at the end)
     save_every: int = 0

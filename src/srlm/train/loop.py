@@ -183,6 +183,16 @@ def lr_at(config: TrainConfig, step: int) -> float:
     return config.lr - (config.lr - floor) * progress
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are fast here (CUDA with bf16, or a CPU oneDNN runs bf16 natively on)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _optimizer(config: TrainConfig, model: nn.Module, device: torch.device, fsdp: bool):
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -203,8 +213,8 @@ def _optimizer(config: TrainConfig, model: nn.Module, device: torch.device, fsdp
 def _validate_config(config: TrainConfig, world: int) -> int:
     if config.schedule not in ("cosine", "linear", "constant"):
         raise SrlmError(f"schedule={config.schedule!r}: use cosine, linear or constant")
-    if config.dtype not in ("bf16", "fp32", "bfloat16", "float32"):
-        raise SrlmError(f"dtype={config.dtype!r}: use bf16 or fp32")
+    if config.dtype not in ("auto", "bf16", "fp32", "bfloat16", "float32"):
+        raise SrlmError(f"dtype={config.dtype!r}: use auto, bf16 or fp32")
     if config.steps <= 0:
         raise SrlmError(f"steps must be positive, got {config.steps}")
     if config.grad_accum <= 0 or config.batch_size <= 0:
@@ -388,8 +398,7 @@ class Trainer:
         return out
 
     def _autocast(self):
-        bf16 = self.config.dtype in ("bf16", "bfloat16")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # -- main
     def run(self) -> dict:
@@ -404,6 +413,10 @@ class Trainer:
     def _run(self) -> dict:
         cfg, dist = self.config, self.dist
         micro = _validate_config(cfg, dist.world)
+        self.bf16 = cfg.dtype in ("bf16", "bfloat16") or (cfg.dtype == "auto" and fast_bf16(self.device))
+        if cfg.dtype in ("bf16", "bfloat16") and not fast_bf16(self.device) and dist.main:
+            print("srlm train: warning: this CPU has no fast bf16 (no AVX-512-BF16/AMX); bf16 autocast will be "
+                  "far slower than dtype=fp32", flush=True)
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         self.tb = None
