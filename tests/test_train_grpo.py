@@ -108,3 +108,15 @@ def test_grpo_improves_reward_on_a_trivial_target(tok_dir, tmp_path):
         del grpo_mod.REWARDS["short"]
     rewards = [r["reward"] for r in _log(out) if "reward" in r]
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.1, rewards
+
+
+def test_shipped_stage_configs_load():
+    from pathlib import Path
+
+    from srlm.train.kd import KDConfig
+
+    recipes = Path(__file__).resolve().parents[1] / "src" / "srlm" / "recipes"
+    g = load_config(GRPOConfig, recipes / "grpo-tiny.yaml")
+    k = load_config(KDConfig, recipes / "kd-tiny.yaml")
+    assert g.batch_size % g.num_generations == 0 and g.loss_type == "dapo"
+    assert k.mode == "logit" and k.teacher
