@@ -57,6 +57,7 @@ def test_generate_streams_text_and_quantized_runs(ckpt, capsys):
     (["--prompt", "x", "--temperature", "-1"], "temperature"),
     (["--prompt", "x", "--top-p", "2"], "top_p"),
     (["--prompt", "x" * 3000], "context"),
+    (["--prompt", "x", "--stop-regex", "("], "regular expression"),
 ])
 def test_generate_bad_input_is_one_clear_line(ckpt, capsys, extra, message):
     path, _ = ckpt

@@ -36,13 +36,27 @@ def add_sampling_arguments(p, temperature: float | None = None, max_new_tokens: 
     p.add_argument("--thinking-budget", type=int, default=None,
                    help="at most N tokens inside <think>...</think>, then </think> is forced")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--stop-regex", default=None, metavar="PATTERN",
+                   help="stop as soon as the text matches, e.g. 'The answer is -?[0-9]+\\.'")
 
 
 def sampling_kwargs(args, n: int = 1) -> dict:
     temperature = args.temperature if args.temperature is not None else (0.8 if n > 1 else 0.0)
     return dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k or None,
                 top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                thinking_budget=args.thinking_budget, stop_strings=args.stop)
+                thinking_budget=args.thinking_budget, stop_strings=args.stop,
+                stop_condition=_compile_regex(args.stop_regex))
+
+
+def _compile_regex(pattern: str | None):
+    import re
+
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise SrlmError(f"--stop-regex {pattern!r} is not a valid regular expression ({e})") from None
 
 
 def load_engine(args):

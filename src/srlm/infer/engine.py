@@ -87,7 +87,9 @@ class Engine:
         once per (rows, cache length) — worth it when many calls share shapes (benchmarks, GRPO with a
         fixed group size) — and falls back to eager where compilation is impossible. Finished rows are
         then not compacted away, since a new batch size would mean a new compilation."""
-        self.model = model.eval()
+        # the train/eval mode is left alone (a trainer's model stays in training mode; srlm's decoder
+        # has no dropout, so outputs do not depend on it)
+        self.model = model
         self.tokenizer = tokenizer
         self._step = None
         if compile:
