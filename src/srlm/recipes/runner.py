@@ -435,6 +435,11 @@ class Runner:
         info = {"steps": config.steps, "train_s": train_s, "log": str(stage_dir / "metrics.jsonl"),
                 "notes": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
                           if k.startswith("kd_") and k in ("kd_kept", "kd_kept_fraction", "kd_solved_fraction")}}
+        if s["kind"] == "grpo":
+            from srlm.recipes.report import read_log
+
+            last = next((r for r in reversed(read_log(info["log"])) if "reward_errors" in r), {})
+            info["notes"].update({k: int(last[k]) for k in ("reward_errors", "verifier_timeouts") if k in last})
         marker.write_text(json.dumps(info, indent=2) + "\n")
         return stage_dir / "final", info
 
