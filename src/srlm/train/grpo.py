@@ -237,6 +237,7 @@ class GRPOStage:
         t0 = time.perf_counter()
         idx = self._prompt_indices(rollout)
         engine = Engine(model, self.tokenizer)
+        model.eval()  # no activation checkpointing (or dropout) while sampling
         try:
             groups = engine.generate([self.prompt_ids[i] for i in idx], n=G, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,

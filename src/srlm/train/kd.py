@@ -212,6 +212,7 @@ class KDStage(SFTStage):
         starts = (labels != -100).int().argmax(1).tolist()  # first assistant token = end of the prompt
         prompts = [ids[r, :s].tolist() for r, s in enumerate(starts)]
         was = model.training
+        model.eval()  # no activation checkpointing (or dropout) while sampling
         try:
             groups = Engine(model, self.tokenizer).generate(
                 prompts, n=1, max_new_tokens=cfg.on_policy_max_new_tokens, temperature=cfg.on_policy_temperature,
