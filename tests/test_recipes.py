@@ -136,3 +136,19 @@ def test_default_pipeline_meets_its_targets(tmp_path):
     assert acc["kd"]["accuracy"] > acc["sft"]["accuracy"]
     assert acc["grpo"]["accuracy@d3"] >= acc["kd"]["accuracy@d3"] + 0.05
     assert acc["grpo"]["accuracy@d1"] >= 0.9
+
+
+def test_model_overrides_reshape_a_stage_preset_and_are_refused_for_folders(tmp_path):
+    from srlm.train.config import TrainConfig
+    from srlm.train.loop import build_model
+
+    runner = Runner(load_recipe("default", ["tokenizer.train.examples=50"]), tmp_path / "run", log=lambda *a: None)
+    tok_dir = runner.tokenizer_dir()
+    folder = runner._start("tiny", tok_dir, "teacher", {"num_hidden_layers": 6})
+    assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 6
+    plain = runner._start("tiny", tok_dir, "sft")
+    assert json.loads((plain / "config.json").read_text())["num_hidden_layers"] == 4
+    with pytest.raises(SrlmError, match="model_overrides"):
+        runner._start(str(folder), tok_dir, "x", {"num_hidden_layers": 2})
+    with pytest.raises(SrlmError, match="model_overrides.*checkpoint folder"):
+        build_model(TrainConfig(model=str(plain), tokenizer=str(tok_dir), model_overrides={"num_hidden_layers": 2}))

@@ -14,11 +14,12 @@ concatenation is the full decode. `train_bpe` builds a Qwen-style byte-level BPE
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
+from srlm.data.io import read_texts
 from srlm.errors import SrlmError
 
 # The named special tokens transformers passes to chat templates (its SPECIAL_TOKENS_ATTRIBUTES).
@@ -379,28 +380,6 @@ class StreamDecoder:
 # ---- training -------------------------------------------------------------------------------
 
 
-def iter_texts(files: Iterable[str | Path]) -> Iterator[str]:
-    """Texts of plain-text files (line by line) and .jsonl files (the "text" field of each line)."""
-    for f in files:
-        f = Path(f)
-        if not f.is_file():
-            raise SrlmError(f"training file {f} does not exist")
-        with f.open(encoding="utf-8") as handle:
-            if f.suffix != ".jsonl":
-                yield from handle
-                continue
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SrlmError(f"{f}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise SrlmError(f'{f}:{lineno}: expected an object with a string "text" field')
-                yield record["text"]
-
-
 def train_bpe(
     source: Iterable[str | Path] | Iterable[str],
     vocab_size: int,
@@ -422,7 +401,7 @@ def train_bpe(
     if files is None:
         items = source if isinstance(source, (list, tuple)) else None
         files = bool(items) and all(isinstance(s, Path) or (isinstance(s, str) and Path(s).is_file()) for s in items)
-    texts = iter_texts(source) if files else (str(s) for s in source)
+    texts = read_texts(source) if files else (str(s) for s in source)
 
     backend = Backend(models.BPE())
     backend.normalizer = normalizers.NFC()

@@ -45,6 +45,20 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield i, obj
 
 
+def read_texts(files) -> Iterator[str]:
+    """Documents for tokenizer training and pretraining: each non-blank line of a text file, or the
+    string "text" field of each line of a .jsonl file."""
+    for name in files:
+        path = Path(name)
+        if path.suffix == ".jsonl":
+            for i, obj in read_jsonl(path):
+                if not isinstance(obj.get("text"), str):
+                    raise SrlmError(f'{path}:{i}: expected an object with a string "text" field')
+                yield obj["text"]
+        else:
+            yield from (line for _, line in _lines(path) if line.strip())
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     text = "\n".join(line for _, line in _lines(path))

@@ -16,10 +16,8 @@ what follows "final answer is". Equivalence, in order:
 from __future__ import annotations
 
 import re
-import signal
-import threading
-from contextlib import contextmanager
 
+from srlm.data.deadline import TimeLimitExceeded, time_limit
 from srlm.data.io import field, find_file, read_jsonl
 from srlm.data.tasks import Example, Task, register
 from srlm.errors import SrlmError
@@ -233,33 +231,11 @@ def _to_sympy(s: str):
         return None
 
 
-class _Timeout(Exception):
-    pass
-
-
-@contextmanager
-def _deadline(seconds: float):
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield  # no alarm off the main thread; inputs are size-capped instead
-        return
-
-    def _raise(signum, frame):
-        raise _Timeout()
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _sympy_equal(a: str, b: str, timeout: float) -> bool:
     import sympy
 
     try:
-        with _deadline(timeout):
+        with time_limit(timeout):
             ea, eb = _to_sympy(a), _to_sympy(b)
             if ea is None or eb is None:
                 return False
@@ -271,7 +247,7 @@ def _sympy_equal(a: str, b: str, timeout: float) -> bool:
                 scale = max(1.0, abs(complex(sympy.N(eb))))
                 return abs(v) <= 1e-8 * scale
             return False
-    except _Timeout:
+    except TimeLimitExceeded:
         return False
     except Exception:  # noqa: BLE001 - sympy raises many types on odd input; treat as not equal
         return False

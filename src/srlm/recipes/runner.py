@@ -246,8 +246,9 @@ class Runner:
                  f"in {time.perf_counter() - t0:.1f}s -> {folder}")
         return folder
 
-    def initial_model(self, tok_dir: Path, preset_name: str, name: str) -> Path:
-        """A preset model saved once (seeded), so every later stage starts from a real folder."""
+    def initial_model(self, tok_dir: Path, preset_name: str, name: str, overrides: dict | None = None) -> Path:
+        """A preset model (with `overrides` of its fields) saved once, seeded, so every later stage starts
+        from a real folder."""
         folder = self.out / "init" / name
         if (folder / "config.json").is_file():
             return folder
@@ -258,13 +259,17 @@ class Runner:
 
         tok = Tokenizer.from_dir(tok_dir)
         torch.manual_seed(self.seed)
-        cfg = preset(preset_name, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
-                     bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+        cfg = preset(preset_name, **{**(overrides or {}), "vocab_size": tok.vocab_size,
+                                     "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
+                                     "pad_token_id": tok.pad_token_id})
         save(CausalLM(cfg), folder, tokenizer=tok)
         return folder
 
-    def _start(self, spec: str, tok_dir: Path, stage_name: str) -> Path:
+    def _start(self, spec: str, tok_dir: Path, stage_name: str, overrides: dict | None = None) -> Path:
         if Path(spec).is_dir():
+            if overrides:
+                raise SrlmError(f"stage {stage_name!r}: model_overrides change a preset's shape; model {spec} is a "
+                                f"checkpoint folder, whose shape is fixed")
             if not (Path(spec) / "config.json").is_file():
                 raise SrlmError(f"model {spec}: no config.json; not a checkpoint folder")
             return Path(spec)
@@ -273,6 +278,8 @@ class Runner:
         if spec not in PRESETS:
             raise SrlmError(f"stage {stage_name!r}: model {spec!r} is neither a checkpoint folder nor a preset "
                             f"({', '.join(PRESETS)})")
+        if overrides:  # a reshaped preset gets its own folder, named after the stage that asked for it
+            return self.initial_model(tok_dir, spec, f"{spec}-{stage_name}", overrides)
         return self.initial_model(tok_dir, spec, spec)
 
     # -- evaluation -------------------------------------------------------------------------
@@ -334,6 +341,8 @@ class Runner:
         cfg = json.loads(text)
         cfg.update(out_dir=str(self.out / s["name"]), model=str(start), init_from=None, tokenizer=str(tok_dir),
                    resume="auto")
+        if s.get("model"):
+            cfg.pop("model_overrides", None)  # already applied to the stage's fresh model (see _start)
         cfg.setdefault("seed", self.seed)
         fields = set(mod.Config.__dataclass_fields__)
         if s["kind"] in ("sft", "kd"):
@@ -362,7 +371,8 @@ class Runner:
         for s in self.recipe["stages"]:
             name, kind = s["name"], s["kind"]
             frm = s.get("from")
-            start = (self._start(s["model"], tok_dir, name) if s.get("model") else
+            start = (self._start(s["model"], tok_dir, name, (s.get("config") or {}).get("model_overrides"))
+                     if s.get("model") else
                      base if frm == "model" else done[frm] if frm else current)
             rec: dict[str, Any] = {"name": name, "kind": kind, "start": str(start)}
             if kind == "eval":

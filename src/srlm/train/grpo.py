@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import copy
 import re
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
+from srlm.data.deadline import TimeLimitExceeded, time_limit
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.lora import LoRAConfig, apply_lora
@@ -107,29 +105,6 @@ def reward_format(text: str, example, task) -> float:
 REWARDS: dict[str, Callable[[str, Any, Any], float]] = {"correct": reward_correct, "format": reward_format}
 
 
-class _Timeout(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds: float):
-    """SIGALRM-based limit in the main thread (verifiers are pure Python); no limit elsewhere."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def _raise(signum, frame):
-        raise _Timeout()
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def score(texts: list[str], examples: list, task, rewards: dict[str, float], timeout_s: float = 5.0,
           functions: dict[str, Callable] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
     """(weighted reward per completion, each named reward per completion, {errors, timeouts})."""
@@ -141,9 +116,9 @@ def score(texts: list[str], examples: list, task, rewards: dict[str, float], tim
         vals = []
         for text, ex in zip(texts, examples):
             try:
-                with _time_limit(timeout_s):
+                with time_limit(timeout_s):
                     vals.append(float(fn(text, ex, task)))
-            except _Timeout:
+            except TimeLimitExceeded:
                 counts["timeouts"] += 1
                 vals.append(0.0)
             except Exception:  # a user reward function's bug must not end a long run: count it, score 0

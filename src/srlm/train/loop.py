@@ -84,6 +84,9 @@ def build_model(config: TrainConfig, need_tokenizer: bool = True):
         raise SrlmError(f"no tokenizer: model={config.model!r} is a preset (or its folder has no tokenizer.json); "
                         f"pass tokenizer=FOLDER (train one with `srlm tokenizer train`)")
     if source is not None:
+        if config.model_overrides:
+            raise SrlmError(f"model_overrides={config.model_overrides} reshapes a preset, but the model comes from "
+                            f"the checkpoint folder {source}; drop model_overrides or start from a preset")
         model = load_model(source, dtype="float32")
     else:
         if "/" in config.model or config.model.startswith("."):

@@ -14,15 +14,14 @@ permutation per epoch, a pure function of the micro-batch index, so resume is ex
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from srlm.data.io import read_texts
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.loop import build_model, train
@@ -40,29 +39,6 @@ class PretrainConfig(TrainConfig):
     warmup_steps: int = 50
 
 
-def read_documents(files: list[str]) -> list[str]:
-    docs: list[str] = []
-    for name in files:
-        path = Path(name)
-        if not path.is_file():
-            raise SrlmError(f"{path}: data file not found")
-        with path.open(encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if path.suffix == ".jsonl":
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise SrlmError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-                    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                        raise SrlmError(f'{path}:{lineno}: expected an object with a string "text" field')
-                    docs.append(obj["text"])
-                else:
-                    docs.append(line.rstrip("\n"))
-    return docs
-
-
 class PretrainStage:
     name = "pretrain"
 
@@ -70,7 +46,7 @@ class PretrainStage:
         if documents is None:
             if not config.data:
                 raise SrlmError("pretrain: no data; pass data=[FILE, ...] (text or .jsonl with 'text')")
-            documents = read_documents(config.data)
+            documents = list(read_texts(config.data))
         if not documents:
             raise SrlmError(f"pretrain: {config.data} hold no non-blank document")
         if not 0 <= config.val_fraction < 1:
