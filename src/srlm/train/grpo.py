@@ -37,7 +37,7 @@ from srlm.data.deadline import TimeLimitExceeded, time_limit
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.lora import LoRAConfig, apply_lora
-from srlm.train.loop import build_model, train
+from srlm.train.loop import build_model, train, uses_bf16
 from srlm.train.losses import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, token_logprobs
 
 
@@ -271,7 +271,8 @@ class GRPOStage:
         was = model.training
         model.eval()
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.dtype in ("bf16", "bfloat16")):
+            # the same precision as the loop's forward, so importance ratios start at exactly 1
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(self.config, device)):
                 out = torch.zeros(mask.shape, dtype=torch.float32)
                 mb = max(1, self.config.batch_size // max(1, self.config.grad_accum))
                 for s in range(0, ids.shape[0], mb):

@@ -186,6 +186,11 @@ def lr_at(config: TrainConfig, step: int) -> float:
     return config.lr - (config.lr - floor) * progress
 
 
+def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the loop trains `config` under bf16 autocast on `device` (dtype bf16, or auto where bf16 is fast)."""
+    return config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and fast_bf16(device))
+
+
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls are fast here (CUDA with bf16, or a CPU oneDNN runs bf16 natively on)."""
     if device.type == "cuda":
@@ -416,7 +421,7 @@ class Trainer:
     def _run(self) -> dict:
         cfg, dist = self.config, self.dist
         micro = _validate_config(cfg, dist.world)
-        self.bf16 = cfg.dtype in ("bf16", "bfloat16") or (cfg.dtype == "auto" and fast_bf16(self.device))
+        self.bf16 = uses_bf16(cfg, self.device)
         if cfg.dtype in ("bf16", "bfloat16") and not fast_bf16(self.device) and dist.main:
             print("srlm train: warning: this CPU has no fast bf16 (no AVX-512-BF16/AMX); bf16 autocast will be "
                   "far slower than dtype=fp32", flush=True)
