@@ -23,5 +23,7 @@ def sft_overrides(out_dir, tok_dir, **extra) -> list[str]:
         "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "dtype": "fp32", "num_threads": 1, "log_every": 1,
         "progress": "false", "max_seq_len": 128,
     }
+    if "model" in extra:  # another model (a checkpoint folder): the preset's reshaping does not apply
+        del base["model_overrides"]
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
