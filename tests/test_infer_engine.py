@@ -5,6 +5,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from _hf_fixtures import hf_model
 from srlm.errors import SrlmError
 from srlm.infer import Engine
 from srlm.model import CausalLM, load_model, preset
@@ -20,15 +21,7 @@ HF_CASES = {
 
 
 def _hf_model(cls_name, overrides):
-    cfg = getattr(transformers, cls_name)(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
-        max_position_embeddings=256, **overrides)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():  # a larger init scale keeps greedy choices away from near-ties
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return hf_model(cls_name, overrides, VOCAB)
 
 
 @pytest.fixture(scope="module")

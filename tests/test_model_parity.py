@@ -7,6 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from _hf_fixtures import hf_model
 from srlm.errors import SrlmError
 from srlm.model import CausalLM, ModelConfig, load_model, preset, save
 from srlm.model.checkpoint import hf_state_dict
@@ -28,16 +29,7 @@ HF_CASES = {
 
 
 def _hf_model(cls_name, overrides):
-    cfg = getattr(transformers, cls_name)(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
-        max_position_embeddings=256, **overrides)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    # a larger init scale so logits are far from ties and differences would show
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return hf_model(cls_name, overrides, VOCAB)
 
 
 def _padded_batch():

@@ -36,8 +36,9 @@ import torch
 from srlm.data.deadline import TimeLimitExceeded, time_limit
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
-from srlm.train.lora import LoRAConfig, apply_lora
-from srlm.train.loop import build_model, train, uses_bf16
+from srlm.train.lora import LoRAConfig
+from srlm.train.loop import train, uses_bf16
+from srlm.train.sft import prepare  # the base model, with LoRA adapters when enabled
 from srlm.train.losses import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, token_logprobs
 
 
@@ -351,13 +352,6 @@ class GRPOStage:
         self.totals.update(d.get("totals", {}))
         self.rollout_index = int(d.get("rollout_index", -1))
         self.buffer = d.get("buffer")
-
-
-def prepare(config: GRPOConfig):
-    model, tokenizer = build_model(config)
-    if config.lora.enabled:
-        apply_lora(model, config.lora)
-    return model, tokenizer
 
 
 def run(config: GRPOConfig, evaluate=None) -> dict:

@@ -144,7 +144,7 @@ class SFTStage:
 
 
 def prepare(config: SFTConfig):
-    """(model, tokenizer) for SFT: the base model, with LoRA adapters applied when enabled."""
+    """(model, tokenizer) for a stage (SFT, KD, GRPO): the base model, with LoRA adapters applied when enabled."""
     model, tokenizer = build_model(config)
     if config.lora.enabled:
         apply_lora(model, config.lora)
