@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from srlm.data.synthetic import generate_problems
 from srlm.data.tasks import get_task
