@@ -25,7 +25,8 @@ class KVCache:
         c = model.config
         p = next(model.parameters())
         return cls(c.effective_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim,
-                   dtype=dtype or p.dtype if p.is_floating_point() else torch.float32, device=device or p.device)
+                   dtype=dtype or (p.dtype if p.is_floating_point() else torch.float32),
+                   device=device or p.device)
 
     @property
     def max_len(self) -> int:
