@@ -1,6 +1,15 @@
-"""A static-shape decode step for `torch.compile`.
+"""Decode steps: one token per row through the model, without the training-shaped detours.
 
-`decode_step` feeds one token per row through the model's own modules, writing K/V at
+`FusedDecoder` is the engine's eager step. A small model on CPU spends most of a decode
+step dispatching ops (a generic forward is ~250 aten calls per layer), so the step runs
+on weights re-arranged once per generate call: q/k/v and gate/up concatenated into one
+matmul each, the RMSNorm weights folded into the following matmul, 1/sqrt(head_dim)
+folded into q, a cos/sin table indexed by position, one rotary pass over q and k
+together, and residual adds fused into `addmm` — about 30 calls per layer. The
+re-arranged weights are rebuilt whenever a parameter changes (a trainer's in-place
+updates bump tensor versions), so GRPO's policy always samples from its current weights.
+
+`decode_step` is the static-shape step for `torch.compile`: it feeds one token per row through the model's own modules, writing K/V at
 a slot given as a tensor (`index_copy_`) and attending over the whole preallocated cache
 under a boolean mask, so every step has the same shapes and the same graph: compiled
 once per (rows, cache length), it runs without per-op Python overhead — what matters for
@@ -16,8 +25,213 @@ import shutil
 import warnings
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from srlm.model.transformer import apply_rope
+from srlm.model.cache import KVCache
+from srlm.model.transformer import apply_rope, rope_inv_freq
+
+
+def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of a Linear whose forward is x @ W.T + b, LoRA merged; None for anything else
+    (int8, sharded or custom layers), which then runs through its own forward."""
+    if not isinstance(m, nn.Linear) or type(m.weight) is not nn.Parameter and type(m.weight) is not torch.Tensor:
+        return None
+    if type(m) is nn.Linear:
+        return m.weight, m.bias
+    delta = getattr(m, "delta", None)  # srlm's LoRALinear: W + scale * B @ A
+    if callable(delta) and type(m).forward is not nn.Linear.forward:
+        return m.weight + delta().to(m.weight.dtype), m.bias
+    return None
+
+
+class _Proj:
+    """Several Linears that read the same input, as one matmul when they are plain (else one call each).
+
+    `col_scale` (the preceding RMSNorm's weight) is folded into the fused weight's columns and
+    `row_scale` (per output feature) into its rows; unfused layers get them applied around the call.
+    """
+
+    def __init__(self, mods: list[nn.Module], col_scale: torch.Tensor | None = None,
+                 row_scale: torch.Tensor | None = None):
+        plain = [_plain_weight(m) for m in mods]
+        self.mods, self.col_scale, self.row_scale = mods, col_scale, row_scale
+        self.weight = self.bias = None
+        if all(p is not None for p in plain):
+            w = torch.cat([p[0] for p in plain]) if len(plain) > 1 else plain[0][0]
+            if col_scale is not None or row_scale is not None:  # scaled in fp32, rounded once
+                wf = w.float()
+                if col_scale is not None:
+                    wf = wf * col_scale.float()[None, :]
+                if row_scale is not None:
+                    wf = wf * row_scale.float()[:, None]
+                w = wf.to(w.dtype)
+            self.weight = w.detach()
+            if any(p[1] is not None for p in plain):
+                b = torch.cat([p[1] if p[1] is not None else w.new_zeros(m.out_features) for p, m in zip(plain, mods)])
+                self.bias = (b * row_scale.to(b.dtype) if row_scale is not None else b).detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None:
+            return F.linear(x, self.weight, self.bias)
+        if self.col_scale is not None:
+            x = x * self.col_scale.to(x.dtype)
+        out = torch.cat([m(x) for m in self.mods], dim=-1) if len(self.mods) > 1 else self.mods[0](x)
+        return out * self.row_scale.to(out.dtype) if self.row_scale is not None else out
+
+    def add_into(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        """x + self(inp), one addmm when fused (2-D x and inp)."""
+        if self.weight is not None and self.bias is None:
+            return torch.addmm(x, inp, self.weight.t())
+        return x + self(inp)
+
+
+class FusedDecoder:
+    """One decode step for a `CausalLM`, on re-arranged weights (see the module docstring).
+
+    `step(tok, pos, cache, bias)`: tok, pos (rows,) long; `cache` a KVCache whose next slot
+    is `cache.pos`; `bias` None or a float (rows, >= cache.pos + 1) additive mask (0 attend,
+    -inf padding). Writes the new K/V, advances the cache and returns logits (rows, vocab).
+
+    RMSNorm runs as x * rsqrt(|x|^2 + D eps), one vector norm and three cheap ops, with
+    sqrt(D) and the norm's weight folded into the next matmul; rotary embedding is one
+    batched matmul by a per-row (head_dim x head_dim) rotation built once per step.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        c = model.config
+        self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.hidden = c.hidden_size
+        self.inter = c.intermediate_size
+        self.eps = c.rms_norm_eps
+        self.share = c.layer_share
+        self._key = None
+        self._rope = None
+        self._views = (None, None)
+
+    @staticmethod
+    def supported(model) -> bool:
+        inner = getattr(model, "model", None)
+        return (inner is not None and hasattr(inner, "layers") and isinstance(getattr(inner, "embed_tokens", None), nn.Embedding)
+                and all(type(p) in (nn.Parameter, torch.Tensor) for p in model.parameters()))
+
+    def _version(self):
+        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+
+    @torch.no_grad()
+    def refresh(self, max_len: int) -> None:
+        """(Re)build the fused weights when any parameter changed, and the rotary table up to `max_len`."""
+        key = self._version()
+        if key != self._key:
+            self._build()
+            self._key = key
+        if self._rope is None or self._rope.shape[0] < max_len:
+            self._build_rope(max_len)
+
+    def _build(self):
+        m, d = self.model, self.head_dim
+        inner = m.model
+        self.embed = inner.embed_tokens.weight
+        dev = self.embed.device
+        self.dtype = self.embed.dtype if self.embed.is_floating_point() else torch.float32
+        # _rms leaves out sqrt(D): fold it, with the norm weight, into whatever reads the normed vector
+        root = math.sqrt(self.hidden)
+        self._c_hidden = torch.tensor(self.hidden * self.eps, dtype=torch.float32, device=dev)
+        self._c_head = torch.tensor(d * self.eps, dtype=torch.float32, device=dev)
+        scale = 1.0 / math.sqrt(d)
+        self.layers = []
+        for layer in inner.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            qk_norm = qkv_rows = None
+            if a.q_norm is not None:
+                # q/k RMSNorm over the head dimension: one norm over q and k heads, weights per head row;
+                # 1/sqrt(d) goes into q's norm weight (a norm would undo it if folded before)
+                qk_norm = (torch.cat([(a.q_norm.weight.float() * scale).expand(self.n_heads, d),
+                                      a.k_norm.weight.float().expand(self.n_kv, d)]) * math.sqrt(d)).to(self.dtype)
+            else:
+                n_q = a.q_proj.out_features
+                qkv_rows = torch.ones(n_q + a.k_proj.out_features + a.v_proj.out_features, device=dev)
+                qkv_rows[:n_q] = scale
+            self.layers.append(dict(
+                qkv=_Proj([a.q_proj, a.k_proj, a.v_proj], layer.input_layernorm.weight.float() * root, qkv_rows),
+                qk_norm=qk_norm,
+                o=_Proj([a.o_proj]),
+                gate_up=_Proj([mlp.gate_proj, mlp.up_proj], layer.post_attention_layernorm.weight.float() * root),
+                down=_Proj([mlp.down_proj]),
+            ))
+        self.head = _Proj([m.lm_head], inner.norm.weight.float() * root)
+
+    def _build_rope(self, max_len: int):
+        # the same fp32 products as RotaryEmbedding, so the table equals what a forward computes
+        d = self.head_dim
+        half = d // 2
+        inv = rope_inv_freq(self.model.config).to(self.embed.device)
+        freqs = torch.arange(max_len, device=self.embed.device).float()[:, None] * inv.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        # rope(x)_j = x_j cos_j + x_{(j + d/2) mod d} sin'_j with sin' = (-sin[:d/2], sin[d/2:]): as x @ R,
+        # R = diag(cos) + P diag(sin'), P[i, j] = 1 where i = (j + d/2) mod d
+        sin = emb.sin()
+        sin[:, :half] = -sin[:, :half]
+        self._rope = torch.stack((emb.cos(), sin), dim=1).to(self.dtype)  # (max_len, 2, d)
+        j = torch.arange(d, device=self.embed.device)
+        self._perm = torch.zeros(d, d, dtype=self.dtype, device=self.embed.device)
+        self._perm[(j + half) % d, j] = 1
+
+    def _rms(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x / |x| up to eps (the rest of RMSNorm is folded into the next matmul); fp32 inside, as transformers."""
+        if x.dtype == torch.float32:
+            n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            return x * torch.rsqrt(torch.addcmul(c, n, n))
+        xf = x.float()
+        n = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
+        return (xf * torch.rsqrt(torch.addcmul(c, n, n))).to(x.dtype)
+
+    def _cache_views(self, cache: KVCache):
+        """Per-layer (rows, kv, L, d) views of the cache, re-made only when the cache's storage changes."""
+        key, views = self._views
+        if key != (cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape):
+            views = (list(cache.k.unbind(0)), list(cache.v.unbind(0)))
+            self._views = ((cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape), views)
+        return views
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor, cache: KVCache, bias: torch.Tensor | None) -> torch.Tensor:
+        b = tok.shape[0]
+        H, KV, d = self.n_heads, self.n_kv, self.head_dim
+        t = cache.pos
+        if t + 1 > cache.max_len:
+            raise RuntimeError(f"KV cache overflow: {t + 1} > {cache.max_len} slots")
+        ks, vs = self._cache_views(cache)
+        x = F.embedding(tok, self.embed)  # (b, hidden)
+        cs = self._rope[pos]  # (b, 2, d)
+        rot = torch.diag_embed(cs.select(1, 0)).addcmul_(self._perm, cs.narrow(1, 1, 1))  # (b, d, d)
+        if bias is not None:
+            bias = bias.narrow(1, 0, t + 1)[:, None, None]
+        ch, cd = self._c_hidden, self._c_head
+        qk_end = (H + KV) * d
+        idx = 0
+        for L in self.layers:
+            for _ in range(self.share):
+                qkv = L["qkv"](self._rms(x, ch))  # (b, (H + 2 KV) d), q pre-scaled
+                qk = qkv.narrow(1, 0, qk_end).view(b, H + KV, d)
+                if L["qk_norm"] is not None:
+                    qk = self._rms(qk, cd) * L["qk_norm"]
+                qk = torch.bmm(qk, rot)  # rotary on q and k at once
+                kc, vc = ks[idx], vs[idx]
+                kc.select(2, t).copy_(qk.narrow(1, H, KV))
+                vc.select(2, t).copy_(qkv.narrow(1, qk_end, KV * d).view(b, KV, d))
+                q = qk.narrow(1, 0, H).view(b, KV, H // KV, d)
+                scores = torch.matmul(q, kc.narrow(2, 0, t + 1).transpose(-1, -2))  # (b, KV, g, t+1)
+                if bias is not None:
+                    scores = scores + bias
+                probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vc.dtype)
+                out = torch.matmul(probs, vc.narrow(2, 0, t + 1))  # (b, KV, g, d)
+                x = L["o"].add_into(x, out.view(b, H * d))
+                gu = L["gate_up"](self._rms(x, ch))
+                x = L["down"].add_into(x, F.silu(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
+                idx += 1
+        cache.advance(1)
+        return self.head(self._rms(x, ch))
 
 
 def decode_step(model, tok: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from srlm.errors import SrlmError
+from srlm.infer.decode import FusedDecoder
 from srlm.infer.sampling import SamplingParams, sample
 from srlm.model.cache import KVCache
 
@@ -92,6 +93,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self._step = None
+        self._fused = None
         if compile:
             from srlm.infer.decode import compiled_step
 
@@ -192,6 +194,14 @@ class Engine:
         limits = torch.tensor(limits_b, dtype=torch.long, device=dev)[rows_of_prompt]
         row_ids = torch.arange(R, device=dev)
         decode_mask = mask if padded else None
+        fused = None
+        if not static and FusedDecoder.supported(model):
+            if self._fused is None or self._fused.model is not model:
+                self._fused = FusedDecoder(model)
+            fused = self._fused
+            fused.refresh(cache_len)
+            if padded:  # additive mask over every cache slot: 0 attend, -inf padding
+                decode_mask = torch.zeros(R, P + T, dtype=torch.float32, device=dev).masked_fill_(~mask, float("-inf"))
         if static:
             smask = torch.zeros(R, cache_len, dtype=torch.bool, device=dev)
             smask[:, :P] = mask[:, :P]
@@ -278,8 +288,11 @@ class Engine:
                     seen = seen[keep]
                 if think:
                     in_think, think_count = in_think[keep], think_count[keep]
-            am = decode_mask[:, :P + t + 1] if decode_mask is not None else None
-            logits = model(tok[:, None], position_ids=next_pos[:, None], attention_mask=am, kv_cache=cache)[:, -1]
+            if fused is not None:
+                logits = fused.step(tok, next_pos, cache, decode_mask)
+            else:
+                am = decode_mask[:, :P + t + 1] if decode_mask is not None else None
+                logits = model(tok[:, None], position_ids=next_pos[:, None], attention_mask=am, kv_cache=cache)[:, -1]
             next_pos += 1
 
     def _static_step(self, tok, pos, cache, smask, slot):

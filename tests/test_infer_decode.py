@@ -1,0 +1,133 @@
+"""The engine's fused decode step against the model's own forward pass, step by step.
+
+The fused step re-arranges weights (q/k/v and gate/up concatenated, norm weights and
+1/sqrt(d) folded in, rotary as a matmul), so every architecture variant it folds differently
+is checked here: biases (Qwen2), q/k norms (Qwen3), untied heads, layer sharing, a padded
+batch, LoRA layers (merged on the fly), int8 layers (run unfused), bf16, and a refresh after
+an optimizer-style in-place update.
+"""
+
+import pytest
+import torch
+
+from srlm.infer import Engine
+from srlm.infer.decode import FusedDecoder
+from srlm.infer.quant import quantize_model
+from srlm.model import CausalLM, preset
+from srlm.model.cache import KVCache
+from srlm.train.lora import LoRAConfig, apply_lora
+
+VOCAB = 97
+
+VARIANTS = {
+    "llama-untied": dict(model_type="llama", tie_word_embeddings=False, attention_bias=False),
+    "qwen2-bias": dict(model_type="qwen2", rope_theta=1e6),
+    "qwen3-qknorm": dict(model_type="qwen3", head_dim=24),
+    "layer-share": dict(layer_share=2),
+    "llama-o-bias": dict(model_type="llama", attention_bias=True, mlp_bias=True),
+}
+
+
+def _model(dtype=torch.float32, **over):
+    torch.manual_seed(0)
+    m = CausalLM(preset("tiny", vocab_size=VOCAB, initializer_range=0.1, **over)).eval()
+    with torch.no_grad():  # non-trivial norm weights and biases, so folding them is exercised
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return m.to(dtype)
+
+
+def _compare(model, prompts, steps=6, atol=1e-4):
+    """Prefill (padded) with the model, then decode `steps` tokens both ways from identical caches."""
+    b = len(prompts)
+    P = max(len(p) for p in prompts)
+    ids = torch.zeros(b, P, dtype=torch.long)
+    mask = torch.ones(b, P + steps, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p)
+        mask[i, :P - len(p)] = False
+    pos = (mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref_cache = KVCache.for_model(model, b, P + steps)
+        model(ids, position_ids=pos, attention_mask=mask[:, :P], kv_cache=ref_cache)
+        cache = KVCache.for_model(model, b, P + steps)
+        cache.k.copy_(ref_cache.k), cache.v.copy_(ref_cache.v)
+        cache.pos = ref_cache.pos
+        fused = FusedDecoder(model)
+        fused.refresh(P + steps)
+        bias = torch.zeros(b, P + steps).masked_fill_(~mask, float("-inf"))
+        next_pos = mask[:, :P].sum(-1)
+        tok = torch.tensor([3 + i for i in range(b)])
+        for t in range(steps):
+            ref = model(tok[:, None], position_ids=next_pos[:, None], attention_mask=mask[:, :P + t + 1],
+                        kv_cache=ref_cache)[:, -1]
+            got = fused.step(tok, next_pos, cache, bias)
+            torch.testing.assert_close(got, ref, atol=atol, rtol=atol)
+            tok = ref.argmax(-1)
+            next_pos = next_pos + 1
+    return fused
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fused_step_matches_forward(variant):
+    model = _model(**VARIANTS[variant])
+    fused = _compare(model, [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]])
+    assert all(L["qkv"].weight is not None for L in fused.layers)  # the fused path, not the fallback
+
+
+def test_fused_step_in_bf16_is_as_accurate_as_the_model_in_bf16():
+    """bf16 rounds differently on each path: measure both against the fp32 model's logits."""
+    ids, tok, pos = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([3]), torch.tensor([5])
+    logits = {}
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            m = _model(dtype=dtype)
+            cache = KVCache.for_model(m, 1, 8)
+            m(ids, kv_cache=cache)
+            fused_cache = KVCache.for_model(m, 1, 8)
+            fused_cache.k.copy_(cache.k), fused_cache.v.copy_(cache.v)
+            fused_cache.pos = cache.pos
+            fused = FusedDecoder(m)
+            fused.refresh(8)
+            logits[dtype] = (m(tok[:, None], kv_cache=cache)[:, -1].float(),
+                             fused.step(tok, pos, fused_cache, None).float())
+    truth = logits[torch.float32][0]
+    model_err = (logits[torch.bfloat16][0] - truth).abs()
+    fused_err = (logits[torch.bfloat16][1] - truth).abs()
+    assert model_err.mean() > 1e-3  # bf16 really ran
+    assert fused_err.mean() <= 1.5 * model_err.mean() and fused_err.max() <= 2 * model_err.max()
+
+
+def test_lora_layers_are_merged_and_int8_layers_run_unfused():
+    model = _model()
+    apply_lora(model, LoRAConfig(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    fused = _compare(model.eval(), [[5, 6, 7], [8, 9, 10, 11]])
+    assert fused.layers[0]["qkv"].weight is not None
+
+    q = quantize_model(_model(), compute_dtype=torch.float32)
+    fused = _compare(q, [[5, 6, 7], [8, 9, 10, 11]], atol=1e-4)
+    assert fused.layers[0]["qkv"].weight is None  # int8 projections keep their own kernel
+
+
+def test_engine_sees_in_place_weight_updates():
+    """GRPO updates the policy in place between rollouts: the fused weights must follow."""
+    model = _model()
+    engine = Engine(model)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    before = engine.generate(prompts, max_new_tokens=8, temperature=0, stop_token_ids=[])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.3).add_(0.05)
+    after = engine.generate(prompts, max_new_tokens=8, temperature=0, stop_token_ids=[])
+    fresh = Engine(model).generate(prompts, max_new_tokens=8, temperature=0, stop_token_ids=[])
+    ids = lambda groups: [c.token_ids for g in groups for c in g]
+    assert ids(after) == ids(fresh) and ids(after) != ids(before)
+    # and the fused step agrees with a plain forward pass after the update
+    _compare(model, [[5, 6, 7], [8, 9]])
