@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from srlm.infer.quant import Int8Linear
 from srlm.model.cache import KVCache
 from srlm.model.transformer import apply_rope, rope_inv_freq
 
@@ -70,12 +71,28 @@ class _Proj:
             if any(p[1] is not None for p in plain):
                 b = torch.cat([p[1] if p[1] is not None else w.new_zeros(m.out_features) for p, m in zip(plain, mods)])
                 self.bias = (b * row_scale.to(b.dtype) if row_scale is not None else b).detach()
+        self.q8 = None
+        if self.weight is None and all(isinstance(m, Int8Linear) and m.fast for m in mods) \
+                and len({m.compute_dtype for m in mods}) == 1:
+            # int8 layers fuse too: per-output-channel scales concatenate, and absorb row_scale
+            cd = mods[0].compute_dtype
+            sc = torch.cat([m.scales.float() for m in mods])
+            bias = None
+            if any(m.bias is not None for m in mods):
+                bias = torch.cat([m.bias.float() if m.bias is not None else sc.new_zeros(m.out_features) for m in mods])
+            if row_scale is not None:
+                sc, bias = sc * row_scale.float(), None if bias is None else bias * row_scale.float()
+            self.q8 = (torch.cat([m.weight for m in mods]).contiguous(), sc.to(cd), bias, cd)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
             return F.linear(x, self.weight, self.bias)
         if self.col_scale is not None:
             x = x * self.col_scale.to(x.dtype)
+        if self.q8 is not None and x.dim() == 2 and x.shape[0] <= Int8Linear.KERNEL_MAX_ROWS:
+            w, sc, bias, cd = self.q8
+            out = torch.ops.aten._weight_int8pack_mm(x.to(cd), w, sc).to(x.dtype)
+            return out if bias is None else out + bias.to(x.dtype)
         out = torch.cat([m(x) for m in self.mods], dim=-1) if len(self.mods) > 1 else self.mods[0](x)
         return out * self.row_scale.to(out.dtype) if self.row_scale is not None else out
 

@@ -246,7 +246,7 @@ class CausalLM(nn.Module):
         return self.model(input_ids, position_ids, attention_mask)
 
     def loss(self, input_ids, labels, position_ids=None, attention_mask=None, reduction: str = "mean",
-             chunk_size: int = 1024):
+             chunk_size: int | None = None):
         """Next-token cross-entropy; `labels` aligned with `input_ids` (shifted here), -100 = ignore.
 
         reduction "mean" averages over supervised tokens; "sum" returns the sum, for exact
@@ -255,8 +255,10 @@ class CausalLM(nn.Module):
         h = self.model(input_ids, position_ids, attention_mask)
         targets = labels[:, 1:]
         keep = targets != -100
-        h = h[:, :-1][keep]
-        targets = targets[keep]
+        if keep.all():  # pretraining-style: every position supervised, no gather (and no scatter in backward)
+            h, targets = h[:, :-1].reshape(-1, h.shape[-1]), targets.reshape(-1)
+        else:
+            h, targets = h[:, :-1][keep], targets[keep]
         total = chunked_cross_entropy(h, self.lm_head.weight, targets, chunk_size)
         if reduction == "sum":
             return total
@@ -272,13 +274,25 @@ def _ce_chunk(h, weight, targets):
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024):
-    """Sum of cross-entropy over rows of `h` (N, hidden), computing logits `chunk_size` rows at a time.
+#: fp32 logits up to this size are computed in one piece and kept for backward; past it they are
+#: computed in chunks, each recomputed in backward (a small vocabulary then costs no recompute)
+LOGITS_BUDGET_BYTES = 64 * 2**20
+
+
+def logit_chunk_rows(vocab_size: int, min_rows: int = 1024) -> int:
+    """Rows of logits per chunk: the budget's worth, and never fewer than `min_rows`."""
+    return max(min_rows, LOGITS_BUDGET_BYTES // (4 * max(1, vocab_size)))
+
+
+def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None):
+    """Sum of cross-entropy over rows of `h` (N, hidden), computing logits `chunk_size` rows at a time
+    (default: `logit_chunk_rows` of the vocabulary).
 
     Under autograd each chunk is checkpointed, so only one chunk's fp32 logits exist at a time.
     """
     if h.shape[0] == 0:
         return h.sum() * 0.0
+    chunk_size = chunk_size or logit_chunk_rows(weight.shape[0])
     if h.shape[0] <= chunk_size:
         return _ce_chunk(h, weight, targets)
     total = h.new_zeros((), dtype=torch.float32)

@@ -1,8 +1,9 @@
 """Losses for distillation and GRPO: pure functions of tensors, no model, no loop.
 
 - `token_logprobs(h, weight, targets)`: log p(target) (and the entropy) per row of hidden states,
-  computed `chunk_size` rows at a time with each chunk checkpointed, so memory never holds
-  (rows x vocab) logits at once -- the same trick as `srlm.model.transformer.chunked_cross_entropy`.
+  computed `chunk_size` rows at a time with each chunk checkpointed, so memory never holds more than
+  a budget of logits (`srlm.model.transformer.logit_chunk_rows`; a small vocabulary fits in one
+  chunk, which is then not recomputed) -- the same trick as `chunked_cross_entropy`.
 - `distill_loss(h_s, w_s, h_t, w_t, kind, beta, temperature)`: logit-level distillation between a
   student and a teacher over the same token positions, from the two models' final hidden states and
   `lm_head` weights, chunked the same way. `kind` is "forward_kl" KL(teacher || student) (Hinton et
@@ -27,6 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from srlm.model.transformer import logit_chunk_rows
 
 DISTILL_KINDS = ("forward_kl", "reverse_kl", "jsd")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -57,7 +60,7 @@ def _logp_chunk(h, weight, targets, temperature: float):
 
 
 def token_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                   chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(targets), entropy) per row of `h` (N, hidden) under logits `h @ weight.T / temperature`.
 
     Float32 results of shape (N,). The entropy is returned for logging; it carries no gradient
@@ -69,6 +72,7 @@ def token_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
         z = h.sum(-1).float() * 0.0
         return z, z.detach()
     grad = _needs_grad(h, weight)
+    chunk_size = chunk_size or logit_chunk_rows(weight.shape[0])
     if n <= chunk_size or not grad:
         outs = [_logp_chunk(h[s], weight, targets[s], temperature) for s in _chunks(n, chunk_size)]
     else:
@@ -112,7 +116,7 @@ def _distill_chunk(h_s, w_s, h_t, w_t, kind: str, beta: float, temperature: floa
 
 def distill_loss(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torch.Tensor, w_teacher: torch.Tensor,
                  kind: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
-                 chunk_size: int = 1024) -> torch.Tensor:
+                 chunk_size: int | None = None) -> torch.Tensor:
     """Sum over rows of the divergence between teacher and student next-token distributions.
 
     `h_student` (N, Hs) and `h_teacher` (N, Ht) are final hidden states at the same N token
@@ -136,6 +140,8 @@ def distill_loss(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: to
     h_teacher = h_teacher.detach()
     w_teacher = w_teacher.detach()
     grad = _needs_grad(h_student, w_student)
+    # two vocabularies' logits per row (student and teacher)
+    chunk_size = chunk_size or logit_chunk_rows(w_student.shape[0] + w_teacher.shape[0])
     total = h_student.new_zeros((), dtype=torch.float32)
     for s in _chunks(n, chunk_size):
         args = (h_student[s], w_student, h_teacher[s], w_teacher, kind, beta, temperature)
