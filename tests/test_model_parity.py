@@ -180,6 +180,16 @@ def test_loss_matches_plain_cross_entropy_and_grads():
     g_ref = torch.autograd.grad(ref, model.lm_head.weight)[0]
     g_got = torch.autograd.grad(model.loss(ids, labels, chunk_size=7), model.lm_head.weight)[0]
     assert torch.allclose(g_ref, g_got, atol=1e-6)
+    # every position supervised takes the no-gather path; the default chunking keeps one piece here
+    full = torch.nn.functional.cross_entropy(model(ids)[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    assert torch.allclose(full, model.loss(ids, ids), atol=1e-6)
+
+
+def test_logit_chunks_follow_a_memory_budget():
+    from srlm.model.transformer import LOGITS_BUDGET_BYTES, logit_chunk_rows
+
+    assert logit_chunk_rows(512) * 512 * 4 == LOGITS_BUDGET_BYTES  # small vocabulary: big chunks, no recompute
+    assert logit_chunk_rows(151_936) == 1024  # Qwen's vocabulary: the floor of 1024 rows
 
 
 # ---------------------------------------------------------------- clear errors
