@@ -11,12 +11,16 @@ prompt that long; time to first token uses the decode prompt. With `--compare hf
 transformers' `generate` runs on the same checkpoint (a `--random-init` model is saved to a
 temporary folder first) in the same process, the variants alternating round by round so
 a shared machine's load hits all alike; each figure is the best of `--rounds`. Peak RSS is
-measured before transformers is loaded.
+measured before transformers is loaded. With `--quantize`, the quantized variant also reports
+its quality against the unquantized model: greedy (top-1) agreement and mean KL, teacher-forced
+on the unquantized model's greedy continuation of the last decode prompt, and both perplexities
+on that continuation.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import tempfile
@@ -122,6 +126,29 @@ class _HF:
         return (out.shape[1] - ids.shape[1]) * ids.shape[0]
 
 
+def _quantization_quality(ref_engine, q_engine, prompt: list[int], new_tokens: int) -> dict:
+    """How far the quantized model's next-token distributions are from the reference's, teacher-forced
+    on the reference's own greedy continuation of `prompt`: top-1 (greedy) agreement, mean KL(ref || q)
+    in nats, and each model's perplexity on that continuation."""
+    import torch
+
+    cont = ref_engine.generate([prompt], max_new_tokens=new_tokens, temperature=0, stop_token_ids=[])[0][0].token_ids
+    ids = torch.tensor([prompt + cont])
+    sl = slice(len(prompt) - 1, ids.shape[1] - 1)  # positions that predict the continuation
+    targets = ids[0, len(prompt):]
+    with torch.inference_mode():
+        lp_ref = torch.log_softmax(ref_engine.model(ids)[0, sl].float(), -1)
+        lp_q = torch.log_softmax(q_engine.model(ids)[0, sl].float(), -1)
+    kl = (lp_ref.exp() * (lp_ref - lp_q)).sum(-1).mean()
+
+    def nll(lp):
+        return float(-lp.gather(-1, targets[:, None]).mean())
+
+    return {"tokens": len(cont), "greedy_agreement": round(float((lp_ref.argmax(-1) == lp_q.argmax(-1)).float().mean()), 4),
+            "kl_nats": round(float(kl), 5), "ppl_reference": round(math.exp(nll(lp_ref)), 3),
+            "ppl_quantized": round(math.exp(nll(lp_q)), 3)}
+
+
 def _timed(fn, *a) -> tuple[float, int]:
     t0 = time.perf_counter()
     n = fn(*a)
@@ -177,6 +204,11 @@ def main(args) -> int:
                         best[name][key] = rate if cur is None else max(cur, rate)
                     print(f"# {name} {key}: {dt:.3f}s", file=sys.stderr, flush=True)
 
+        quality = None
+        if args.quantize:  # the quality change, next to the speed
+            quality = _quantization_quality(ref.engine, variants[f"srlm-{args.quantize}"].engine,
+                                            work[-1][1][0], args.new_tokens)
+
     def figures(name):
         b = best[name]
         return {"prefill_tokens_per_s": round(b["prefill"], 1), "ttft_s": round(b["ttft"], 4),
@@ -194,6 +226,8 @@ def main(args) -> int:
     for name in variants:
         if name != "srlm":
             result[name] = figures(name)
+            if quality is not None and name == f"srlm-{args.quantize}":
+                result[name]["quality_vs_srlm"] = quality
     if "hf" in variants:
         import transformers
 
