@@ -139,3 +139,23 @@ def test_engine_sees_in_place_weight_updates():
     assert ids(after) == ids(fresh) and ids(after) != ids(before)
     # and the fused step agrees with a plain forward pass after the update
     _compare(model, [[5, 6, 7], [8, 9]])
+
+
+def test_upcast_linear_keeps_names_and_runs_many_rows_in_fp32(monkeypatch):
+    import srlm.model.checkpoint as ckpt
+    from srlm.infer.quant import UPCAST_MIN_ROWS, UpcastLinear, upcast_slow_bf16
+
+    assert upcast_slow_bf16(_model()) == 0  # fp32 models are left alone
+    monkeypatch.setattr(ckpt, "fast_bf16", lambda device="cpu": False)
+    model = _model(dtype=torch.bfloat16)
+    names = sorted(model.state_dict())
+    assert upcast_slow_bf16(model) == 4 * 7 + 1  # every projection and the lm_head
+    assert sorted(model.state_dict()) == names
+    layer = model.model.layers[0].mlp.up_proj
+    assert isinstance(layer, UpcastLinear)
+    w = layer.weight
+    few, many = torch.randn(2, w.shape[1]).bfloat16(), torch.randn(UPCAST_MIN_ROWS, w.shape[1]).bfloat16()
+    assert torch.equal(layer(few), torch.nn.functional.linear(few, w))  # the bf16 kernel
+    assert torch.equal(layer(many), torch.nn.functional.linear(many.float(), w.float()).bfloat16())  # fp32 math
+    fused = _compare(model, [[5, 6, 7], [8, 9, 10, 11]], steps=3, atol=0.1)  # bf16 rounding on both paths
+    assert fused.layers[0]["qkv"].weight is not None  # still fused

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from srlm.infer.quant import Int8Linear
+from srlm.infer.quant import UPCAST_MIN_ROWS, Int8Linear, UpcastLinear, upcast_linear
 from srlm.model.cache import KVCache
 from srlm.model.transformer import apply_rope, rope_inv_freq
 
@@ -38,7 +38,7 @@ def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | No
     (int8, sharded or custom layers), which then runs through its own forward."""
     if not isinstance(m, nn.Linear) or type(m.weight) is not nn.Parameter and type(m.weight) is not torch.Tensor:
         return None
-    if type(m) is nn.Linear:
+    if type(m) is nn.Linear or getattr(type(m), "fusable", False):
         return m.weight, m.bias
     delta = getattr(m, "delta", None)  # srlm's LoRALinear: W + scale * B @ A
     if callable(delta) and type(m).forward is not nn.Linear.forward:
@@ -57,6 +57,8 @@ class _Proj:
                  row_scale: torch.Tensor | None = None):
         plain = [_plain_weight(m) for m in mods]
         self.mods, self.col_scale, self.row_scale = mods, col_scale, row_scale
+        # bf16 on a CPU without native bf16: many-row matmuls in fp32, as the layers themselves do
+        self.linear = upcast_linear if all(isinstance(m, UpcastLinear) for m in mods) else F.linear
         self.weight = self.bias = None
         if all(p is not None for p in plain):
             w = torch.cat([p[0] for p in plain]) if len(plain) > 1 else plain[0][0]
@@ -86,7 +88,7 @@ class _Proj:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
-            return F.linear(x, self.weight, self.bias)
+            return self.linear(x, self.weight, self.bias)
         if self.col_scale is not None:
             x = x * self.col_scale.to(x.dtype)
         if self.q8 is not None and x.dim() == 2 and x.shape[0] <= Int8Linear.KERNEL_MAX_ROWS:
@@ -98,7 +100,7 @@ class _Proj:
 
     def add_into(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """x + self(inp), one addmm when fused (2-D x and inp)."""
-        if self.weight is not None and self.bias is None:
+        if self.weight is not None and self.bias is None and (self.linear is F.linear or inp.shape[0] < UPCAST_MIN_ROWS):
             return torch.addmm(x, inp, self.weight.t())
         return x + self(inp)
 

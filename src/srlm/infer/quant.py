@@ -7,6 +7,11 @@ Activations stay in floating point. The matmul uses torch's int8 weight-only ker
 falls back to dequantise-then-matmul otherwise; both give the same result up to
 rounding. Module names do not change (`q_proj` stays `q_proj`), only their class.
 Inference only: quantized layers hold buffers, not trainable parameters.
+
+`UpcastLinear` is the other load-time choice of how weights are computed: bf16 weights on a CPU
+without native bf16 (no AVX-512-BF16/AMX) stay bf16 in memory, but a matmul over many rows (a
+prefill, a batch of evaluation prompts) runs in fp32 on an upcast copy, 3-4x faster there from 16
+rows up; one or a few rows (batch-1 decode) keep the bf16 kernel, which is fine at that shape.
 """
 
 from __future__ import annotations
@@ -76,6 +81,43 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8, kernel={'int8pack' if self.fast else 'dequant'}"
 
 
+#: from this many rows, upcasting bf16 weights to fp32 beats torch's bf16 kernel on CPUs without bf16
+UPCAST_MIN_ROWS = 16
+
+
+def upcast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear, in fp32 when `x` has many rows (see UpcastLinear); the result keeps x's dtype."""
+    if x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]:
+        return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+class UpcastLinear(nn.Linear):
+    """An nn.Linear (same parameters, same names) whose many-row matmuls run in fp32. Inference only."""
+
+    #: plain x @ W.T + b: the fused decode step may concatenate it with its neighbours
+    fusable = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upcast_linear(x, self.weight, self.bias)
+
+
+def upcast_slow_bf16(model: nn.Module) -> int:
+    """Turn every bf16 nn.Linear of a CPU model into an UpcastLinear when this CPU has no fast bf16;
+    returns how many changed (0 where bf16 is fast or the model is not bf16)."""
+    from srlm.model.checkpoint import fast_bf16
+
+    p = next(model.parameters())
+    if p.dtype != torch.bfloat16 or p.device.type != "cpu" or fast_bf16(p.device):
+        return 0
+    n = 0
+    for m in model.modules():
+        if type(m) is nn.Linear and m.weight.dtype == torch.bfloat16:
+            m.__class__ = UpcastLinear  # same parameters and state-dict names, another forward
+            n += 1
+    return n
+
+
 def quantize_model(model: nn.Module, mode: str = "int8", include_lm_head: bool = True,
                    compute_dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every nn.Linear of `model` in place (lm_head too unless `include_lm_head=False`).
@@ -96,7 +138,8 @@ def quantize_model(model: nn.Module, mode: str = "int8", include_lm_head: bool =
 
 
 def load_for_inference(path, dtype=None, device="cpu", quantize: str | None = None):
-    """`srlm.load` plus optional quantization: (model, tokenizer). int8 runs activations in bf16 by default."""
+    """`srlm.load` plus optional quantization: (model, tokenizer). int8 runs activations in bf16 by default;
+    unquantized bf16 models on CPUs without fast bf16 get UpcastLinear layers."""
     from srlm.model.checkpoint import load
 
     if quantize is not None and quantize not in QUANT_MODES:
@@ -106,4 +149,6 @@ def load_for_inference(path, dtype=None, device="cpu", quantize: str | None = No
     model, tokenizer = load(path, dtype=dtype, device=device)
     if quantize:
         quantize_model(model, quantize)
+    else:
+        upcast_slow_bf16(model)
     return model, tokenizer

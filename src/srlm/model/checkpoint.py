@@ -37,6 +37,17 @@ def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
+def fast_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 matmuls are fast here (CUDA with bf16, or a CPU oneDNN runs bf16 natively on)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():

@@ -52,6 +52,7 @@ import torch
 import torch.nn as nn
 
 from srlm.errors import SrlmError
+from srlm.model.checkpoint import fast_bf16
 from srlm.train.config import TrainConfig, to_dict, to_yaml
 from srlm.train.lora import LoRALinear, lora_state_dict, merged_model, save_adapter
 
@@ -189,16 +190,6 @@ def lr_at(config: TrainConfig, step: int) -> float:
 def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
     """Whether the loop trains `config` under bf16 autocast on `device` (dtype bf16, or auto where bf16 is fast)."""
     return config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and fast_bf16(device))
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls are fast here (CUDA with bf16, or a CPU oneDNN runs bf16 natively on)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _optimizer(config: TrainConfig, model: nn.Module, device: torch.device, fsdp: bool):
