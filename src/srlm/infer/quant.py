@@ -39,6 +39,13 @@ def _int8_kernel_available(device_type: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def _fast_bf16_cpu() -> bool:
+    from srlm.model.checkpoint import fast_bf16
+
+    return fast_bf16("cpu")
+
+
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: returns (int8 weight (out, in), float32 scales (out,))."""
     w = w.detach().float()
@@ -63,12 +70,16 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.to(compute_dtype))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.fast = compute_dtype == torch.bfloat16 and _int8_kernel_available(q.device.type)
+        # a prefill's many rows dequantise to fp32 where bf16 matmuls are slow (see UpcastLinear)
+        self.upcast = compute_dtype == torch.bfloat16 and q.device.type == "cpu" and not _fast_bf16_cpu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
         if self.fast and x2.shape[0] <= self.KERNEL_MAX_ROWS:
             out = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, self.scales)
+        elif self.upcast:
+            out = F.linear(x2.float(), self.weight.float()) * self.scales.float()
         else:
             out = F.linear(x2, self.weight.to(self.compute_dtype)) * self.scales
         out = out.to(dtype).view(*shape[:-1], self.out_features)
