@@ -238,8 +238,9 @@ class Runner:
         exs = self._train_examples(limit=int(opts.get("examples", 3000)))
         texts = []
         for ex in exs:
+            # role names too: the chat template writes them into every sequence ("assistant" was 8 tokens)
             msgs = example_to_messages(ex)
-            texts.append("\n".join(m["content"] for m in msgs))
+            texts.append("\n".join(f"{m['role']}\n{m['content']}" for m in msgs))
         tok = train_bpe(texts, int(opts.get("vocab_size", 512)))
         tok.save(folder)
         self.log(f"[tokenizer] trained BPE with {tok.vocab_size} ids on {len(texts)} problems "
