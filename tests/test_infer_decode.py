@@ -142,11 +142,11 @@ def test_engine_sees_in_place_weight_updates():
 
 
 def test_upcast_linear_keeps_names_and_runs_many_rows_in_fp32(monkeypatch):
-    import srlm.model.checkpoint as ckpt
+    import srlm.infer.quant as quant
     from srlm.infer.quant import UPCAST_MIN_ROWS, UpcastLinear, upcast_slow_bf16
 
     assert upcast_slow_bf16(_model()) == 0  # fp32 models are left alone
-    monkeypatch.setattr(ckpt, "fast_bf16", lambda device="cpu": False)
+    monkeypatch.setattr(quant, "fast_bf16", lambda device="cpu": False)
     model = _model(dtype=torch.bfloat16)
     names = sorted(model.state_dict())
     assert upcast_slow_bf16(model) == 4 * 7 + 1  # every projection and the lm_head

@@ -9,8 +9,9 @@ together, and residual adds fused into `addmm` — about 30 calls per layer. The
 re-arranged weights are rebuilt whenever a parameter changes (a trainer's in-place
 updates bump tensor versions), so GRPO's policy always samples from its current weights.
 
-`decode_step` is the static-shape step for `torch.compile`: it feeds one token per row through the model's own modules, writing K/V at
-a slot given as a tensor (`index_copy_`) and attending over the whole preallocated cache
+`decode_step` is the static-shape step for `torch.compile`: it feeds one token per row
+through the model's own modules, writing K/V at a slot given as a tensor (`index_copy_`)
+and attending over the whole preallocated cache
 under a boolean mask, so every step has the same shapes and the same graph: compiled
 once per (rows, cache length), it runs without per-op Python overhead — what matters for
 small models on CPU. `compiled_step()` returns the compiled function, or None where
@@ -36,7 +37,7 @@ from srlm.model.transformer import apply_rope, rope_inv_freq
 def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight, bias) of a Linear whose forward is x @ W.T + b, LoRA merged; None for anything else
     (int8, sharded or custom layers), which then runs through its own forward."""
-    if not isinstance(m, nn.Linear) or type(m.weight) is not nn.Parameter and type(m.weight) is not torch.Tensor:
+    if not isinstance(m, nn.Linear) or type(m.weight) not in (nn.Parameter, torch.Tensor):
         return None
     if type(m) is nn.Linear or getattr(type(m), "fusable", False):
         return m.weight, m.bias
@@ -199,12 +200,10 @@ class FusedDecoder:
 
     def _rms(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x / |x| up to eps (the rest of RMSNorm is folded into the next matmul); fp32 inside, as transformers."""
-        if x.dtype == torch.float32:
-            n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-            return x * torch.rsqrt(torch.addcmul(c, n, n))
-        xf = x.float()
+        xf = x if x.dtype == torch.float32 else x.float()  # no no-op casts on the fp32 hot path
         n = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
-        return (xf * torch.rsqrt(torch.addcmul(c, n, n))).to(x.dtype)
+        y = xf * torch.rsqrt(torch.addcmul(c, n, n))
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def _cache_views(self, cache: KVCache):
         """Per-layer (rows, kv, L, d) views of the cache, re-made only when the cache's storage changes."""

@@ -196,7 +196,7 @@ class Engine:
         decode_mask = mask if padded else None
         fused = None
         if not static and FusedDecoder.supported(model):
-            if self._fused is None or self._fused.model is not model:
+            if self._fused is None:
                 self._fused = FusedDecoder(model)
             fused = self._fused
             fused.refresh(cache_len)

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from srlm.errors import SrlmError
+from srlm.model.checkpoint import fast_bf16
 
 QUANT_MODES = ("int8",)
 
@@ -37,13 +38,6 @@ def _int8_kernel_available(device_type: str) -> bool:
         return bool(torch.allclose(out.float(), torch.full((2, 8), 32.0, device=device_type)))
     except Exception:  # missing op, or no kernel for this device / shape
         return False
-
-
-@functools.lru_cache(maxsize=None)
-def _fast_bf16_cpu() -> bool:
-    from srlm.model.checkpoint import fast_bf16
-
-    return fast_bf16("cpu")
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +65,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.fast = compute_dtype == torch.bfloat16 and _int8_kernel_available(q.device.type)
         # a prefill's many rows dequantise to fp32 where bf16 matmuls are slow (see UpcastLinear)
-        self.upcast = compute_dtype == torch.bfloat16 and q.device.type == "cpu" and not _fast_bf16_cpu()
+        self.upcast = compute_dtype == torch.bfloat16 and q.device.type == "cpu" and not fast_bf16("cpu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
@@ -116,8 +110,6 @@ class UpcastLinear(nn.Linear):
 def upcast_slow_bf16(model: nn.Module) -> int:
     """Turn every bf16 nn.Linear of a CPU model into an UpcastLinear when this CPU has no fast bf16;
     returns how many changed (0 where bf16 is fast or the model is not bf16)."""
-    from srlm.model.checkpoint import fast_bf16
-
     p = next(model.parameters())
     if p.dtype != torch.bfloat16 or p.device.type != "cpu" or fast_bf16(p.device):
         return 0

@@ -11,6 +11,8 @@ are exported with their blocks repeated.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import shutil
@@ -37,8 +39,9 @@ def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
+@functools.lru_cache(maxsize=None)
 def fast_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 matmuls are fast here (CUDA with bf16, or a CPU oneDNN runs bf16 natively on)."""
+    """Whether bf16 matmuls are fast here (CUDA with bf16, or a CPU oneDNN runs bf16 natively on). Cached."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
