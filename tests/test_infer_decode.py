@@ -76,6 +76,9 @@ def test_fused_step_matches_forward(variant):
     model = _model(**VARIANTS[variant])
     fused = _compare(model, [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]])
     assert all(L["qkv"].weight is not None for L in fused.layers)  # the fused path, not the fallback
+    # a small fp32 model runs x @ W_t on weights stored transposed
+    assert all(L[k].weight_t is not None for L in fused.layers for k in ("qkv", "o", "gate_up", "down"))
+    _compare(model, [[5, 6, 7]])  # one row
 
 
 def test_fused_step_in_bf16_is_as_accurate_as_the_model_in_bf16():
@@ -94,6 +97,7 @@ def test_fused_step_in_bf16_is_as_accurate_as_the_model_in_bf16():
             fused.refresh(8)
             logits[dtype] = (m(tok[:, None], kv_cache=cache)[:, -1].float(),
                              fused.step(tok, pos, fused_cache, None).float())
+            assert (fused.head.weight_t is not None) == (dtype == torch.float32)  # transposed copies: fp32 only
     truth = logits[torch.float32][0]
     model_err = (logits[torch.bfloat16][0] - truth).abs()
     fused_err = (logits[torch.bfloat16][1] - truth).abs()

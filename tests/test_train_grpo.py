@@ -119,3 +119,61 @@ def test_shipped_stage_configs_load():
     k = load_config(KDConfig, recipes / "kd-tiny.yaml")
     assert g.batch_size % g.num_generations == 0 and g.loss_type == "dapo"
     assert k.mode == "logit" and k.teacher
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_update_skips_idle_rows_and_shares_prompts_exactly(tok_dir, tmp_path, loss_type):
+    """With beta 0 the stage runs only completions whose advantage is non-zero, trims padding
+    columns, and runs each group's prompt once for all its completions; the summed loss (before
+    the loop divides by the whole batch's units) and every gradient equal the plain computation
+    over all rows."""
+    import torch
+
+    from srlm.train.grpo import GRPOStage, prepare
+    from srlm.train.losses import grpo_loss, token_logprobs
+
+    cfg = load_config(GRPOConfig, None, _overrides(tmp_path, tok_dir, loss_type=loss_type, epsilon_high=0.28,
+                                                   mask_truncated_completions="true"))
+    model, tok = prepare(cfg)
+    stage = GRPOStage(cfg, tok, model=model)
+    stage.buffer = {"stats": {}}
+    g = torch.Generator().manual_seed(0)
+    R, L, V = 6, 24, model.config.vocab_size
+    ids = torch.randint(0, V, (R, L), generator=g)
+    prompt_len = torch.tensor([6, 6, 6, 4, 4, 4])  # two groups of three completions
+    ids[1:3, :6] = ids[0, :6]
+    ids[4:6, :4] = ids[3, :4]
+    mask = torch.zeros(R, L - 1, dtype=torch.bool)
+    for r, end in enumerate([12, 20, 9, 17, 8, 11]):
+        mask[r, int(prompt_len[r]) - 1:end] = True  # no row reaches the last columns: they get trimmed
+    batch = {"input_ids": ids, "mask": mask, "advantages": torch.tensor([0.0, 1.3, 0.0, -0.6, 0.0, 0.4]),
+             "truncated": torch.tensor([False, False, False, False, False, True]), "prompt_len": prompt_len,
+             "old_logps": -torch.rand(R, L - 1, generator=g) * 3}  # ratios far from 1: clipping bites
+
+    def plain(batch):
+        h = model.hidden_states(batch["input_ids"])[:, :-1][batch["mask"]]
+        lp, _ = token_logprobs(h, model.lm_head.weight, batch["input_ids"][:, 1:][batch["mask"]])
+        logps = torch.zeros(batch["mask"].shape).masked_scatter(batch["mask"], lp)
+        loss, _ = grpo_loss(logps, batch["old_logps"], batch["advantages"], batch["mask"], epsilon_low=0.2,
+                            epsilon_high=0.28, loss_type=loss_type, max_len=cfg.max_new_tokens,
+                            truncated=batch["truncated"])
+        return loss * stage.weight(batch)
+
+    calls = []
+    shared = model.shared_prefix_hidden_states
+    model.shared_prefix_hidden_states = lambda p, s: calls.append((p.shape, s.shape)) or shared(p, s)
+    for b in (batch, {**batch, "advantages": torch.zeros(R)}):
+        model.zero_grad()
+        want = plain(b)
+        want.backward()
+        want_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        got, _ = stage.loss(model, b)
+        got.backward()
+        assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5, abs=1e-7)
+        for p, w in zip(model.parameters(), want_grads):
+            assert p.grad is not None  # every parameter takes part, even when no row can move the policy
+            torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7)
+    # rows 1 | 3, 5 (prompt run once for both); then row 0 alone when every advantage is 0
+    assert calls == [((1, 6), (1, 15)), ((1, 4), (2, 14)), ((1, 6), (1, 7))]
+    assert stage._informative(batch)["input_ids"].shape == (3, 21)

@@ -60,7 +60,7 @@ class _Proj:
         self.mods, self.col_scale, self.row_scale = mods, col_scale, row_scale
         # bf16 on a CPU without native bf16: many-row matmuls in fp32, as the layers themselves do
         self.linear = upcast_linear if all(isinstance(m, UpcastLinear) for m in mods) else F.linear
-        self.weight = self.bias = None
+        self.weight = self.bias = self.weight_t = None
         if all(p is not None for p in plain):
             w = torch.cat([p[0] for p in plain]) if len(plain) > 1 else plain[0][0]
             if col_scale is not None or row_scale is not None:  # scaled in fp32, rounded once
@@ -88,6 +88,8 @@ class _Proj:
             self.q8 = (torch.cat([m.weight for m in mods]).contiguous(), sc.to(cd), bias, cd)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_t is not None:
+            return torch.mm(x, self.weight_t) if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
         if self.weight is not None:
             return self.linear(x, self.weight, self.bias)
         if self.col_scale is not None:
@@ -102,8 +104,16 @@ class _Proj:
     def add_into(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """x + self(inp), one addmm when fused (2-D x and inp)."""
         if self.weight is not None and self.bias is None and (self.linear is F.linear or inp.shape[0] < UPCAST_MIN_ROWS):
-            return torch.addmm(x, inp, self.weight.t())
+            return torch.addmm(x, inp, self.weight.t() if self.weight_t is None else self.weight_t)
         return x + self(inp)
+
+
+#: fused fp32 weights up to this size (small models, whose decode steps are mostly few-row matmuls)
+#: are kept transposed, (in, out) contiguous, for x @ W_t: on the 2-core AVX2 machine (MKL, one
+#: thread, all projections of a 3M-parameter model) that takes 0.6x the time of F.linear(x, W) at
+#: 1 row and 0.8-0.9x at 4-64 rows; whole `generate` calls of 32 tokens ran 15% (1 row) and 5%
+#: (4 rows) faster
+TRANSPOSE_MAX_BYTES = 256 << 20
 
 
 class FusedDecoder:
@@ -181,6 +191,13 @@ class FusedDecoder:
                 down=_Proj([mlp.down_proj]),
             ))
         self.head = _Proj([m.lm_head], inner.norm.weight.float() * root)
+        projs = [self.head] + [L[k] for L in self.layers for k in ("qkv", "o", "gate_up", "down")]
+        if (dev.type == "cpu" and all(p.weight is not None and p.weight.dtype == torch.float32 and p.linear is F.linear
+                                      for p in projs)
+                and sum(p.weight.numel() * 4 for p in projs) <= TRANSPOSE_MAX_BYTES):
+            for p in projs:
+                p.weight_t = p.weight.t().contiguous()
+                p.weight = p.weight_t.t()  # a view: a fused copy is not kept twice
 
     def _build_rope(self, max_len: int):
         # the same fp32 products as RotaryEmbedding, so the table equals what a forward computes

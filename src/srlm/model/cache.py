@@ -56,3 +56,31 @@ class KVCache:
         """Keep only `rows` of the batch (drop finished rows, or repeat rows to fan a prompt out to n samples)."""
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
+
+
+class SharedPrefix:
+    """The keys and values of one prompt, kept in the autograd graph, for continuations that share it.
+
+    Training-time prefix sharing (GRPO's G completions of one prompt): the prompt runs once with
+    batch 1 and stores its K/V per layer; the continuations then run as one batch starting at
+    position `pos`, each attending to the stored prompt K/V (expanded, not copied per row) and to
+    its own tokens. Gradients reach the prompt's activations through both uses. Not for gradient
+    checkpointing, whose recomputation of the prompt's layers would find the cache already shared.
+    """
+
+    def __init__(self):
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos == 0:  # the prompt's own pass
+            self.k[layer], self.v[layer] = k, v
+            return k, v
+        b = k.shape[0]
+        pk = self.k[layer].expand(b, -1, -1, -1)
+        pv = self.v[layer].expand(b, -1, -1, -1)
+        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+
+    def advance(self, t: int) -> None:
+        self.pos += t

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from srlm.model.cache import KVCache
+from srlm.model.cache import KVCache, SharedPrefix
 from srlm.model.config import ModelConfig
 
 
@@ -244,6 +244,19 @@ class CausalLM(nn.Module):
     def hidden_states(self, input_ids, position_ids=None, attention_mask=None):
         """Final normed hidden states (batch, T, hidden): for losses that apply `lm_head` themselves."""
         return self.model(input_ids, position_ids, attention_mask)
+
+    def shared_prefix_hidden_states(self, prefix_ids: torch.Tensor, suffix_ids: torch.Tensor):
+        """Hidden states of `prefix_ids` (1, P) followed by each row of `suffix_ids` (G, S), with the
+        prefix computed once: ((1, P, hidden), (G, S, hidden)), equal to `hidden_states` of the G
+        concatenated rows. Right padding in `suffix_ids` is harmless (causal attention). Not with
+        gradient checkpointing (see `SharedPrefix`)."""
+        if self.model.gradient_checkpointing and self.training:
+            raise ValueError("shared_prefix_hidden_states does not support gradient checkpointing")
+        if prefix_ids.shape[0] != 1:
+            raise ValueError(f"prefix_ids must be one row, got shape {tuple(prefix_ids.shape)}")
+        cache = SharedPrefix()
+        h_prefix = self.model(prefix_ids, kv_cache=cache)
+        return h_prefix, self.model(suffix_ids, kv_cache=cache)
 
     def loss(self, input_ids, labels, position_ids=None, attention_mask=None, reduction: str = "mean",
              chunk_size: int | None = None):

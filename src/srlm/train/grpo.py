@@ -246,13 +246,14 @@ class GRPOStage:
                 mask[r, len(p) - 1:lens[r] - 1] = True
         truncated = torch.tensor([c.finish_reason == "length" for c in comps])
         adv = group_advantages(rewards, G, cfg.scale_rewards)
-        buf = {"input_ids": ids, "mask": mask, "advantages": adv, "truncated": truncated, "rewards": rewards}
+        buf = {"input_ids": ids, "mask": mask, "advantages": adv, "truncated": truncated, "rewards": rewards,
+               "prompt_len": torch.tensor([len(p) for p in prompts])}
         device = next(model.parameters()).device
-        if cfg.num_iterations > 1:
-            buf["old_logps"] = self._logps(model, ids, mask, device)
+        if cfg.num_iterations > 1:  # rows whose advantage is 0 are never run (see `_informative`)
+            buf["old_logps"] = self._logps(model, ids, mask, buf["prompt_len"], device, rows=(adv != 0) if cfg.beta == 0 else None)
         if self.ref is not None:
             self.ref.to(device)
-            buf["ref_logps"] = self._logps(self.ref, ids, mask, device)
+            buf["ref_logps"] = self._logps(self.ref, ids, mask, buf["prompt_len"], device)
         n_tok = mask.sum(1).float()
         buf["stats"] = {
             "reward": float(rewards.mean()),
@@ -268,22 +269,54 @@ class GRPOStage:
         }
         return buf
 
-    def _logps(self, model, ids, mask, device) -> torch.Tensor:
+    def _logps(self, model, ids, mask, prompt_len, device, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probs of the completion tokens (0 elsewhere, and on rows not in `rows`)."""
         was = model.training
         model.eval()
         try:
             # the same precision as the loop's forward, so importance ratios start at exactly 1
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(self.config, device)):
                 out = torch.zeros(mask.shape, dtype=torch.float32)
+                idx = torch.arange(ids.shape[0]) if rows is None else rows.nonzero().squeeze(1)
                 mb = max(1, self.config.batch_size // max(1, self.config.grad_accum))
-                for s in range(0, ids.shape[0], mb):
-                    x, m = ids[s:s + mb].to(device), mask[s:s + mb].to(device)
-                    h = model.hidden_states(x)[:, :-1][m]
-                    lp, _ = token_logprobs(h, model.lm_head.weight, x[:, 1:][m], self.config.temperature)
-                    out[s:s + mb][m.cpu()] = lp.float().cpu()
+                for s in range(0, len(idx), mb):
+                    sel = idx[s:s + mb]
+                    x, m = ids[sel].to(device), mask[sel].to(device)
+                    lp, _ = self._completion_logps(model, x, m, prompt_len[sel])
+                    part = torch.zeros(m.shape, dtype=torch.float32)
+                    part[m.cpu()] = lp.float().cpu()
+                    out[sel] = part
         finally:
             model.train(was)
         return out
+
+    def _completion_logps(self, model, ids, mask, prompt_len=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p, entropy) of the completion tokens, in the order of `mask.nonzero()`.
+
+        Rows of one group share their prompt: each run of rows with the same prompt runs it once
+        (`shared_prefix_hidden_states`) instead of once per completion -- the same numbers for
+        about half the work at GRPO's usual prompt and completion lengths. One plain forward instead
+        without prompt lengths (a buffer from an older checkpoint), under gradient checkpointing, and
+        under FSDP (whose per-layer collectives need the same number of layer calls on every rank).
+        """
+        w, temp = model.lm_head.weight, self.config.temperature
+        if prompt_len is None or self.config.fsdp or (model.model.gradient_checkpointing and model.training):
+            h = model.hidden_states(ids)[:, :-1][mask]
+            return token_logprobs(h, w, ids[:, 1:][mask], temp)
+        hs, r = [], 0
+        while r < ids.shape[0]:
+            p = int(prompt_len[r])
+            e = r + 1  # rows r..e-1: the same prompt, one after another in the buffer
+            while e < ids.shape[0] and int(prompt_len[e]) == p and torch.equal(ids[e, :p], ids[r, :p]):
+                e += 1
+            m = mask[r:e, p - 1:]
+            s = int(m.any(0).nonzero()[-1]) + 1 if bool(m.any()) else 1  # completion columns needed
+            h_pre, h_suf = model.shared_prefix_hidden_states(ids[r:r + 1, :p], ids[r:e, p:p + s])
+            # position p - 1 (the prompt's last) predicts the first completion token, and so on
+            h = torch.cat([h_pre[:, -1:].expand(e - r, 1, -1), h_suf[:, :s - 1]], dim=1)
+            hs.append(h[m[:, :s]])
+            r = e
+        return token_logprobs(torch.cat(hs), w, ids[:, 1:][mask], temp)
 
     def before_step(self, step: int, model) -> None:
         now = time.perf_counter()
@@ -306,7 +339,7 @@ class GRPOStage:
                 raise RuntimeError("GRPO batches() read before before_step() made rollouts")
             sl = slice(j * micro_batch_size, (j + 1) * micro_batch_size)
             batch = {key: buf[key][sl] for key in ("input_ids", "mask", "advantages", "truncated", "old_logps",
-                                                     "ref_logps") if key in buf}
+                                                     "ref_logps", "prompt_len") if key in buf}
             k += 1
             yield batch
 
@@ -324,11 +357,34 @@ class GRPOStage:
     def weight(self, batch) -> float:
         return self._units(batch)
 
+    def _informative(self, batch) -> dict:
+        """`batch` cut to the rows and columns that can move the policy.
+
+        With no KL term (beta 0) a completion whose advantage is 0 (its whole group scored alike)
+        adds exactly 0 to the loss and its gradient, so it is not run through the model (DAPO
+        filters such groups for the same reason); one row is kept when all are 0, so every
+        parameter still takes part in the backward pass (DDP/FSDP expect it). Columns past the
+        longest kept sequence are dropped. Callers weight the result by the *whole* batch's units,
+        so the step is exactly the one over every row.
+        """
+        if self.config.beta == 0:
+            keep = batch["advantages"] != 0
+            if not bool(keep.any()):
+                keep[0] = True
+            if not bool(keep.all()):
+                batch = {k: v[keep] for k, v in batch.items()}
+        cols = batch["mask"].any(0).nonzero()
+        last = int(cols[-1]) + 1 if len(cols) else 1  # mask[:, t] marks token t + 1
+        if last < batch["mask"].shape[1]:
+            batch = {k: (v[:, :last + 1] if k == "input_ids" else v[:, :last] if v.dim() == 2 else v)
+                     for k, v in batch.items()}
+        return batch
+
     def loss(self, model, batch):
         cfg = self.config
+        batch = self._informative(batch)
         ids, mask = batch["input_ids"], batch["mask"]
-        h = model.hidden_states(ids)[:, :-1][mask]
-        lp, ent = token_logprobs(h, model.lm_head.weight, ids[:, 1:][mask], cfg.temperature)
+        lp, ent = self._completion_logps(model, ids, mask, batch.get("prompt_len"))
         logps = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device).masked_scatter(mask, lp)
         old = batch.get("old_logps")
         ref = batch.get("ref_logps")
@@ -339,6 +395,7 @@ class GRPOStage:
                                 truncated=batch["truncated"] if cfg.mask_truncated_completions else None)
         stats = {**self.buffer["stats"], **stats, "entropy": float(ent.mean()) if ent.numel() else 0.0,
                  "time_optimize_s": self._last_opt_s}
+        # loss * its own units is the sum over the kept rows; the skipped rows' terms are exactly 0
         return loss * self._units(batch), stats
 
     def state_dict(self) -> dict:
