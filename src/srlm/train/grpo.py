@@ -153,6 +153,14 @@ def _check(config: GRPOConfig, world: int = 1) -> None:
         raise SrlmError(f"beta={config.beta} must be >= 0")
 
 
+def _data_parallel(config: GRPOConfig) -> tuple[int, int]:
+    """(world size, rank) of a DDP run that shares rollout generation; (1, 0) otherwise."""
+    dist = torch.distributed
+    if config.fsdp or not (dist.is_available() and dist.is_initialized()):
+        return 1, 0
+    return dist.get_world_size(), dist.get_rank()
+
+
 class GRPOStage:
     name = "grpo"
 
@@ -179,6 +187,9 @@ class GRPOStage:
             if model is None:
                 raise SrlmError("beta > 0 needs the starting model for the reference policy")
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+        # under FSDP the policy's parameters are shards that only the loop's wrapped forward gathers:
+        # sampling runs on a plain replica, refreshed from the shards before every rollout
+        self.replica = copy.deepcopy(model).eval().requires_grad_(False) if config.fsdp and model is not None else None
         self.buffer: dict[str, Any] | None = None
         self.rollout_index = -1
         self.totals = {"reward_errors": 0, "verifier_timeouts": 0, "rollouts": 0}
@@ -212,14 +223,24 @@ class GRPOStage:
         was_training = model.training
         t0 = time.perf_counter()
         idx = self._prompt_indices(rollout)
-        engine = Engine(model, self.tokenizer)
-        model.eval()  # no activation checkpointing (or dropout) while sampling
+        # under DDP each rank samples its share of the prompts and the groups are gathered, so every
+        # rank holds the same buffer; under FSDP every rank must run the same forward passes, so all
+        # sample everything, with the same seed
+        world, rank = _data_parallel(cfg)
+        mine = idx[rank::world]
+        policy = self._sampling_model(model)
+        engine = Engine(policy, self.tokenizer)
+        policy.eval()  # no activation checkpointing (or dropout) while sampling
         try:
-            groups = engine.generate([self.prompt_ids[i] for i in idx], n=G, max_new_tokens=cfg.max_new_tokens,
+            groups = engine.generate([self.prompt_ids[i] for i in mine], n=G, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                     seed=cfg.seed * 100_003 + rollout)
+                                     seed=(cfg.seed * 100_003 + rollout) * world + rank) if mine else []
         finally:
-            model.train(was_training)
+            policy.train(was_training and policy is model)
+        if world > 1:
+            shares = [None] * world
+            torch.distributed.all_gather_object(shares, groups)
+            groups = [shares[k % world][k // world] for k in range(len(idx))]  # back in prompt order
         t_gen = time.perf_counter() - t0
         comps = [c for g in groups for c in g]
         examples = [self.examples[i] for i in idx for _ in range(G)]
@@ -229,6 +250,14 @@ class GRPOStage:
         weights = {"correct": 0.0, **cfg.rewards}
         rewards, per, counts = score([c.text or "" for c in comps], examples, self.task, weights,
                                      cfg.verifier_timeout_s)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # a verifier's time limit can trip on one rank and not another: rank 0's scores count
+            dev = next(model.parameters()).device  # NCCL broadcasts device tensors only
+            for t in (rewards, *per.values()):
+                on_dev = t.to(dev)
+                dist.broadcast(on_dev, 0)
+                t.copy_(on_dev.cpu())
         t_score = time.perf_counter() - t1
         self.totals["reward_errors"] += counts["errors"]
         self.totals["verifier_timeouts"] += counts["timeouts"]
@@ -246,11 +275,20 @@ class GRPOStage:
                 mask[r, len(p) - 1:lens[r] - 1] = True
         truncated = torch.tensor([c.finish_reason == "length" for c in comps])
         adv = group_advantages(rewards, G, cfg.scale_rewards)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # the loop hands each rank its rows of one global buffer: a buffer that differed between
+            # ranks would train on a silently wrong batch, so compare fingerprints once per rollout
+            w = torch.arange(1, ids.numel() + 1, dtype=torch.float64).view_as(ids)
+            mine_fp = (float((ids.double() * w).sum()), float(rewards.double().sum()))
+            fps = [None] * dist.get_world_size()
+            dist.all_gather_object(fps, mine_fp)
+            if any(fp != fps[0] for fp in fps):
+                raise RuntimeError(f"GRPO rollout {rollout}: the ranks' rollout buffers differ ({fps})")
         buf = {"input_ids": ids, "mask": mask, "advantages": adv, "truncated": truncated, "rewards": rewards,
                "prompt_len": torch.tensor([len(p) for p in prompts])}
         device = next(model.parameters()).device
         if cfg.num_iterations > 1:  # rows whose advantage is 0 are never run (see `_informative`)
-            buf["old_logps"] = self._logps(model, ids, mask, buf["prompt_len"], device, rows=(adv != 0) if cfg.beta == 0 else None)
+            buf["old_logps"] = self._logps(policy, ids, mask, buf["prompt_len"], device, rows=(adv != 0) if cfg.beta == 0 else None)
         if self.ref is not None:
             self.ref.to(device)
             buf["ref_logps"] = self._logps(self.ref, ids, mask, buf["prompt_len"], device)
@@ -263,11 +301,25 @@ class GRPOStage:
             "truncated": float(truncated.float().mean()),
             "solved_groups": float((per["correct"].view(-1, G).max(1).values > 0).float().mean()),
             "time_generate_s": t_gen,
+            "generation_ranks": float(world),
             "time_score_s": t_score,
             "reward_errors": float(self.totals["reward_errors"]),
             "verifier_timeouts": float(self.totals["verifier_timeouts"]),
         }
         return buf
+
+    @torch.no_grad()
+    def _sampling_model(self, model):
+        """The policy to sample from: `model`, or under FSDP the replica with every parameter gathered
+        from the shards (a collective per tensor, in the same order on every rank)."""
+        if self.replica is None:
+            return model
+        from torch.distributed.tensor import DTensor
+
+        own = self.replica.to(next(model.parameters()).device).state_dict()
+        for k, v in model.state_dict().items():
+            own[k].copy_(v.full_tensor() if isinstance(v, DTensor) else v)
+        return self.replica
 
     def _logps(self, model, ids, mask, prompt_len, device, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probs of the completion tokens (0 elsewhere, and on rows not in `rows`)."""
@@ -371,6 +423,8 @@ class GRPOStage:
             keep = batch["advantages"] != 0
             if not bool(keep.any()):
                 keep[0] = True
+                # idle rows have no old log-probs (never computed): ratios of 1 keep the logged stats sane
+                batch = {k: v for k, v in batch.items() if k != "old_logps"}
             if not bool(keep.all()):
                 batch = {k: v[keep] for k, v in batch.items()}
         cols = batch["mask"].any(0).nonzero()
