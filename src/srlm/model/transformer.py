@@ -282,7 +282,7 @@ class CausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _ce_chunk(h, weight, targets):
+def _ce_chunk(h, targets, weight):
     logits = F.linear(h, weight).float()
     return F.cross_entropy(logits, targets, reduction="sum")
 
@@ -297,20 +297,28 @@ def logit_chunk_rows(vocab_size: int, min_rows: int = 1024) -> int:
     return max(min_rows, LOGITS_BUDGET_BYTES // (4 * max(1, vocab_size)))
 
 
+def over_row_chunks(fn, rows: tuple, rest: tuple, chunk_size: int) -> list:
+    """[fn(*row slices, *rest)] over consecutive slices of `chunk_size` rows of every tensor in `rows`.
+
+    The one loop behind every loss that makes logits (cross-entropy, GRPO's log-probs,
+    distillation): with more than one chunk under autograd each call is checkpointed, so only one
+    chunk's logits exist at a time (and are recomputed in backward); one chunk runs plainly.
+    """
+    n = rows[0].shape[0]
+    grad = n > chunk_size and torch.is_grad_enabled() and any(
+        torch.is_tensor(t) and t.requires_grad for t in (*rows, *rest))
+    out = []
+    for s in range(0, n, chunk_size):
+        args = (*(r[s:s + chunk_size] for r in rows), *rest)
+        out.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
+    return out
+
+
 def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None):
     """Sum of cross-entropy over rows of `h` (N, hidden), computing logits `chunk_size` rows at a time
-    (default: `logit_chunk_rows` of the vocabulary).
-
-    Under autograd each chunk is checkpointed, so only one chunk's fp32 logits exist at a time.
-    """
+    (default: `logit_chunk_rows` of the vocabulary; see `over_row_chunks`)."""
     if h.shape[0] == 0:
         return h.sum() * 0.0
-    chunk_size = chunk_size or logit_chunk_rows(weight.shape[0])
-    if h.shape[0] <= chunk_size:
-        return _ce_chunk(h, weight, targets)
-    total = h.new_zeros((), dtype=torch.float32)
-    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    for s in range(0, h.shape[0], chunk_size):
-        hs, ts = h[s:s + chunk_size], targets[s:s + chunk_size]
-        total = total + (checkpoint(_ce_chunk, hs, weight, ts, use_reentrant=False) if grad else _ce_chunk(hs, weight, ts))
-    return total
+    parts = over_row_chunks(_ce_chunk, (h, targets), (weight,), chunk_size or logit_chunk_rows(weight.shape[0]))
+    return sum(parts[1:], parts[0])
+

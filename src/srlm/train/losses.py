@@ -27,29 +27,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from srlm.model.transformer import logit_chunk_rows
+from srlm.model.transformer import logit_chunk_rows, over_row_chunks
 
 DISTILL_KINDS = ("forward_kl", "reverse_kl", "jsd")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 ADVANTAGE_SCALES = ("group", "batch", "none")
 
 
-def _chunks(n: int, chunk_size: int):
-    for s in range(0, n, chunk_size):
-        yield slice(s, min(s + chunk_size, n))
-
-
-def _needs_grad(*ts: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-
 # ---------------------------------------------------------------------------------------------
 # Per-token log-probabilities (policy-gradient losses)
 
 
-def _logp_chunk(h, weight, targets, temperature: float):
+def _logp_chunk(h, targets, weight, temperature: float):
     logits = F.linear(h, weight).float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -71,13 +61,8 @@ def token_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     if n == 0:
         z = h.sum(-1).float() * 0.0
         return z, z.detach()
-    grad = _needs_grad(h, weight)
-    chunk_size = chunk_size or logit_chunk_rows(weight.shape[0])
-    if n <= chunk_size or not grad:
-        outs = [_logp_chunk(h[s], weight, targets[s], temperature) for s in _chunks(n, chunk_size)]
-    else:
-        outs = [checkpoint(_logp_chunk, h[s], weight, targets[s], temperature, use_reentrant=False)
-                for s in _chunks(n, chunk_size)]
+    outs = over_row_chunks(_logp_chunk, (h, targets), (weight, temperature),
+                           chunk_size or logit_chunk_rows(weight.shape[0]))
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]).detach()
 
 
@@ -103,7 +88,7 @@ def _divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, kind: str, beta: flo
     return beta * kl_t + (1.0 - beta) * kl_s
 
 
-def _distill_chunk(h_s, w_s, h_t, w_t, kind: str, beta: float, temperature: float):
+def _distill_chunk(h_s, h_t, w_s, w_t, kind: str, beta: float, temperature: float):
     s_logits = F.linear(h_s, w_s).float() / temperature
     with torch.no_grad():
         t_logits = F.linear(h_t.to(w_t.dtype), w_t).float() / temperature
@@ -139,17 +124,10 @@ def distill_loss(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: to
         return h_student.sum() * 0.0
     h_teacher = h_teacher.detach()
     w_teacher = w_teacher.detach()
-    grad = _needs_grad(h_student, w_student)
     # two vocabularies' logits per row (student and teacher)
-    chunk_size = chunk_size or logit_chunk_rows(w_student.shape[0] + w_teacher.shape[0])
-    total = h_student.new_zeros((), dtype=torch.float32)
-    for s in _chunks(n, chunk_size):
-        args = (h_student[s], w_student, h_teacher[s], w_teacher, kind, beta, temperature)
-        if grad and n > chunk_size:
-            total = total + checkpoint(_distill_chunk, *args, use_reentrant=False)
-        else:
-            total = total + _distill_chunk(*args)
-    return total * (temperature ** 2)
+    parts = over_row_chunks(_distill_chunk, (h_student, h_teacher), (w_student, w_teacher, kind, beta, temperature),
+                            chunk_size or logit_chunk_rows(w_student.shape[0] + w_teacher.shape[0]))
+    return sum(parts[1:], parts[0]) * (temperature ** 2)
 
 
 # ---------------------------------------------------------------------------------------------
