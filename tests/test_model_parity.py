@@ -168,6 +168,30 @@ def test_kv_cache_incremental_matches_full_forward():
     assert _max_diff_on_real_tokens(full, inc, mask) <= 1e-5
 
 
+@pytest.mark.parametrize("over", [{}, {"layer_share": 2, "num_key_value_heads": 1}, {"model_type": "qwen3"}])
+def test_shared_prefix_forward_matches_the_concatenated_rows(over):
+    """GRPO's prompt-sharing forward: one prompt, then G continuations attending to its K/V, equals
+    the G concatenated rows, values and gradients (the prompt's activations get both uses' grads)."""
+    torch.manual_seed(0)
+    m = CausalLM(preset("tiny", vocab_size=100, **over))
+    pre, suf = torch.randint(0, 100, (1, 7)), torch.randint(0, 100, (3, 5))
+    full = m.hidden_states(torch.cat([pre.expand(3, -1), suf], 1))
+    w = torch.randn_like(full)
+    want = torch.autograd.grad((full * w).sum(), list(m.parameters()))
+    h_pre, h_suf = m.shared_prefix_hidden_states(pre, suf)
+    torch.testing.assert_close(h_pre.expand(3, -1, -1), full[:, :7], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_suf, full[:, 7:], atol=1e-5, rtol=1e-5)
+    got = torch.autograd.grad((h_pre.expand(3, -1, -1) * w[:, :7]).sum() + (h_suf * w[:, 7:]).sum(), list(m.parameters()))
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, atol=1e-5 * float(r.abs().max()) + 1e-7, rtol=1e-4)
+    _, h1 = m.shared_prefix_hidden_states(pre[:, :1], suf[:, :1])  # one-token prompt and continuation
+    torch.testing.assert_close(h1, m.hidden_states(torch.cat([pre[:, :1].expand(3, -1), suf[:, :1]], 1))[:, 1:],
+                               atol=1e-5, rtol=1e-5)
+    m.model.gradient_checkpointing = True
+    with pytest.raises(ValueError, match="checkpointing"):
+        m.shared_prefix_hidden_states(pre, suf)
+
+
 def test_loss_matches_plain_cross_entropy_and_grads():
     torch.manual_seed(0)
     model = CausalLM(preset("tiny", vocab_size=VOCAB))

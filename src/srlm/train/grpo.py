@@ -356,10 +356,11 @@ class GRPOStage:
             h = model.hidden_states(ids)[:, :-1][mask]
             return token_logprobs(h, w, ids[:, 1:][mask], temp)
         hs, r = [], 0
+        plens, ids_host = prompt_len.tolist(), ids.cpu()  # the grouping is worked out on the host
         while r < ids.shape[0]:
-            p = int(prompt_len[r])
+            p = plens[r]
             e = r + 1  # rows r..e-1: the same prompt, one after another in the buffer
-            while e < ids.shape[0] and int(prompt_len[e]) == p and torch.equal(ids[e, :p], ids[r, :p]):
+            while e < ids.shape[0] and plens[e] == p and torch.equal(ids_host[e, :p], ids_host[r, :p]):
                 e += 1
             m = mask[r:e, p - 1:]
             s = int(m.any(0).nonzero()[-1]) + 1 if bool(m.any()) else 1  # completion columns needed
