@@ -90,3 +90,33 @@ def test_grpo_under_two_processes(tmp_path, mode):
     assert all(r["generation_ranks"] == (2.0 if mode == "ddp" else 1.0) for r in log)
     assert log[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and log[1]["ratio_mean"] != pytest.approx(1.0, abs=1e-4)
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_on_policy_distillation_under_fsdp_matches_ddp(tmp_path):
+    """On-policy KD samples from the student inside the training forward; under FSDP that is a replica
+    gathered from the shards, so the samples, and the losses, equal DDP's."""
+    from srlm.model import CausalLM, preset, save
+    from srlm.tokenizer import Tokenizer
+
+    from _train_fixtures import TINY_MODEL
+
+    tok_dir = make_tokenizer(tmp_path / "tok")
+    tok = Tokenizer.from_dir(tok_dir)
+    torch.manual_seed(1)
+    teacher = save(CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                   eos_token_id=tok.eos_token_id)), tmp_path / "teacher", tokenizer=tok)
+    losses = {}
+    for mode in ("ddp", "fsdp"):
+        out = tmp_path / mode
+        args = {"out_dir": str(out), "tokenizer": str(tok_dir), "model": "tiny", "model_overrides": TINY_MODEL,
+                "teacher": str(teacher), "data": "[synth-arith]", "data_options": "{n_train: 32, difficulties: [1]}",
+                "steps": 2, "batch_size": 4, "dtype": "fp32", "num_threads": 1, "progress": "false",
+                "max_seq_len": 128, "on_policy": 1.0, "on_policy_max_new_tokens": 8, "device": "cpu",
+                "fsdp": str(mode == "fsdp").lower()}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "srlm.cli", "train", "kd", *[f"{k}={v}" for k, v in args.items()]]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        assert res.returncode == 0, res.stderr[-3000:]
+        losses[mode] = _losses(out)
+    assert len(losses["ddp"]) == 2 and losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-5)

@@ -37,7 +37,7 @@ from srlm.data.deadline import TimeLimitExceeded, time_limit
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.lora import LoRAConfig
-from srlm.train.loop import train, uses_bf16
+from srlm.train.loop import SamplingPolicy, train, uses_bf16
 from srlm.train.sft import prepare  # the base model, with LoRA adapters when enabled
 from srlm.train.losses import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, token_logprobs
 
@@ -187,9 +187,7 @@ class GRPOStage:
             if model is None:
                 raise SrlmError("beta > 0 needs the starting model for the reference policy")
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        # under FSDP the policy's parameters are shards that only the loop's wrapped forward gathers:
-        # sampling runs on a plain replica, refreshed from the shards before every rollout
-        self.replica = copy.deepcopy(model).eval().requires_grad_(False) if config.fsdp and model is not None else None
+        self.sampling_policy = SamplingPolicy(model, config.fsdp and model is not None)
         self.buffer: dict[str, Any] | None = None
         self.rollout_index = -1
         self.totals = {"reward_errors": 0, "verifier_timeouts": 0, "rollouts": 0}
@@ -228,7 +226,7 @@ class GRPOStage:
         # sample everything, with the same seed
         world, rank = _data_parallel(cfg)
         mine = idx[rank::world]
-        policy = self._sampling_model(model)
+        policy = self.sampling_policy(model)
         engine = Engine(policy, self.tokenizer)
         policy.eval()  # no activation checkpointing (or dropout) while sampling
         try:
@@ -307,19 +305,6 @@ class GRPOStage:
             "verifier_timeouts": float(self.totals["verifier_timeouts"]),
         }
         return buf
-
-    @torch.no_grad()
-    def _sampling_model(self, model):
-        """The policy to sample from: `model`, or under FSDP the replica with every parameter gathered
-        from the shards (a collective per tensor, in the same order on every rank)."""
-        if self.replica is None:
-            return model
-        from torch.distributed.tensor import DTensor
-
-        own = self.replica.to(next(model.parameters()).device).state_dict()
-        for k, v in model.state_dict().items():
-            own[k].copy_(v.full_tensor() if isinstance(v, DTensor) else v)
-        return self.replica
 
     def _logps(self, model, ids, mask, prompt_len, device, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probs of the completion tokens (0 elsewhere, and on rows not in `rows`)."""

@@ -32,7 +32,7 @@ from srlm.errors import SrlmError
 from srlm.model.transformer import chunked_cross_entropy
 from srlm.train.losses import DISTILL_KINDS, distill_loss
 from srlm.train.sft import SFTConfig, SFTStage, prepare
-from srlm.train.loop import train
+from srlm.train.loop import SamplingPolicy, train
 
 PROBE = "Tom has 12 apples. <think>\n12 + 30 = 42\n</think>\n\nThe answer is 42. Émilie's café, 3.5%!"
 
@@ -186,11 +186,13 @@ class KDStage(SFTStage):
 
     name = "kd"
 
-    def __init__(self, config: KDConfig, tokenizer, teacher, conversations=None):
+    def __init__(self, config: KDConfig, tokenizer, teacher, conversations=None, model=None):
         super().__init__(config, tokenizer, conversations)
         self.teacher = teacher
         self.tokenizer = tokenizer
         self._micro = 0
+        # on-policy samples come from the student; under FSDP from a replica gathered from its shards
+        self.sampling_policy = SamplingPolicy(model, config.fsdp and config.on_policy > 0 and model is not None)
 
     def batches(self, start, micro_batch_size):
         self._micro = start
@@ -211,14 +213,15 @@ class KDStage(SFTStage):
         ids, labels = batch["input_ids"], batch["labels"]
         starts = (labels != -100).int().argmax(1).tolist()  # first assistant token = end of the prompt
         prompts = [ids[r, :s].tolist() for r, s in enumerate(starts)]
-        was = model.training
-        model.eval()  # no activation checkpointing (or dropout) while sampling
+        policy = self.sampling_policy(model)
+        was = policy.training
+        policy.eval()  # no activation checkpointing (or dropout) while sampling
         try:
-            groups = Engine(model, self.tokenizer).generate(
+            groups = Engine(policy, self.tokenizer).generate(
                 prompts, n=1, max_new_tokens=cfg.on_policy_max_new_tokens, temperature=cfg.on_policy_temperature,
                 seed=cfg.seed * 104729 + int(batch["index"]))
         finally:
-            model.train(was)
+            policy.train(was)
         seqs = [p + g[0].token_ids for p, g in zip(prompts, groups)]
         L = max(len(s) for s in seqs)
         out = torch.full((len(seqs), L), self.pad_id, dtype=torch.long, device=ids.device)
@@ -282,7 +285,7 @@ def run(config: KDConfig, evaluate=None) -> dict:
         return {**result, "kd_data": str(_generated_path(config)),
                 **{f"kd_{k}": v for k, v in stats.items() if isinstance(v, (int, float))}}
     teacher, _ = load_teacher(config, tokenizer)
-    stage = KDStage(config, tokenizer, teacher)
+    stage = KDStage(config, tokenizer, teacher, model=model)
     return train(config, model, tokenizer, stage, evaluate=evaluate, stage_name="kd")
 
 

@@ -552,6 +552,35 @@ class Trainer:
         return {**last, "step": step, "final": str(final)}
 
 
+class SamplingPolicy:
+    """The model a stage samples from while it trains (GRPO's rollouts, on-policy distillation).
+
+    Plainly the model itself. Under FSDP its parameters are shards that only the loop's wrapped
+    forward gathers, and every rank would have to run the same forward passes in step (sampled
+    lengths differ), so sampling runs on a plain replica, copied from the model before it is
+    sharded and refreshed from the shards before each use (every rank gathers every tensor, in the
+    same order).
+    """
+
+    def __init__(self, model: nn.Module, fsdp: bool):
+        import copy
+
+        self.replica = copy.deepcopy(model).eval().requires_grad_(False) if fsdp else None
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> nn.Module:
+        if self.replica is None:
+            return model
+        from torch.distributed.tensor import DTensor
+
+        # parameters, not state_dict(): inside the wrapped forward (on-policy distillation) the root's
+        # parameters are gathered plain tensors, and FSDP's state-dict hooks would reshard them
+        own = dict(self.replica.to(next(model.parameters()).device).named_parameters())
+        for k, v in model.named_parameters():
+            own[k].copy_(v.full_tensor() if isinstance(v, DTensor) else v)
+        return self.replica
+
+
 def train(config: TrainConfig, model: nn.Module, tokenizer, stage, evaluate: Callable | None = None,
           stage_name: str | None = None) -> dict:
     """Run the loop; returns the last logged metrics plus `final` (the saved model folder)."""
