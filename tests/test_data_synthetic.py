@@ -318,3 +318,22 @@ def test_corpus_lines():
     assert lines == list(corpus_lines(4, seed=0))
     long = list(corpus_lines(4, seed=0, families=["gsm"], gsm={"scratchpad": True}))
     assert len(long) == 4 and all(re.search(r"^[A-Z][a-z]+ = \d+\.$", s, re.M) for s in long)
+
+
+def test_saved_jsonl_is_written_whole_or_not_at_all(tmp_path):
+    """A run reuses heldout.jsonl / kd_data.jsonl when it exists, so a failure mid-write must leave the
+    previous file (or none), never a truncated one."""
+    from srlm.data.synthetic import generate_problems, load_jsonl, save_jsonl
+
+    path = tmp_path / "heldout.jsonl"
+    first = generate_problems("gsm", 5, difficulties=[1])
+    save_jsonl(first, path)
+
+    def broken():
+        yield from generate_problems("gsm", 3, difficulties=[2])
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        save_jsonl(broken(), path)
+    assert [e.id for e in load_jsonl(path)] == [e.id for e in first]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heldout.jsonl"]  # no temporary left behind

@@ -3,12 +3,14 @@
 Every reader strips a UTF-8 byte-order mark (GLUE's MRPC files start with one) and
 raises `SrlmError` pointing at `file:line` for a malformed record. TSV files are
 split on tabs only, never parsed as CSV: GLUE sentences contain unbalanced quotes.
-`find_file` resolves `--data FILE_OR_DIR` to one file for a split.
+`find_file` resolves `--data FILE_OR_DIR` to one file for a split. `write_text_atomic` writes a
+file that a later run may reuse, so that a kill mid-write never leaves a truncated one behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -110,3 +112,14 @@ def find_file(data: str | Path, candidates: list[str], what: str, exts: tuple[st
             return hits[0]
     raise SrlmError(f"{p}: no file for {what} in this folder; looked for {', '.join(candidates)}. "
                     f"Pass the file itself with --data FILE")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

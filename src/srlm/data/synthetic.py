@@ -548,10 +548,12 @@ def corpus_lines(n: int, seed: int = 0, families: Iterable[str] = FAMILIES, **op
 
 
 def save_jsonl(examples: Iterable[Example], path: str | Path) -> None:
-    with open(path, "w") as f:
-        for ex in examples:
-            f.write(json.dumps({"id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
-                                "solution": ex.solution, "meta": ex.meta}) + "\n")
+    """One JSON object per example, written atomically (a run that reuses the file never sees half)."""
+    from srlm.data.io import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps({"id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
+                                                "solution": ex.solution, "meta": ex.meta}) + "\n"
+                                    for ex in examples))
 
 
 def load_jsonl(path: str | Path) -> list[Example]:

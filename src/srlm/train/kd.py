@@ -21,6 +21,7 @@ string); otherwise the run is refused with an `SrlmError`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from srlm.data.io import write_text_atomic
 from srlm.errors import SrlmError
 from srlm.model.transformer import chunked_cross_entropy
 from srlm.train.losses import DISTILL_KINDS, distill_loss
@@ -169,11 +171,12 @@ def sequence_data(config: KDConfig, tokenizer) -> tuple[list[list[dict]], dict]:
     if not convs:
         raise SrlmError(f"the teacher {config.teacher} solved none of {stats['prompts']} prompts "
                         f"({stats['samples']} samples); train a stronger teacher or raise samples_per_prompt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in stats.pop("records"):
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    path.with_suffix(".json").write_text(json.dumps(stats, indent=2) + "\n")
+    records = stats.pop("records")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank sampled the same set; one writes it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # statistics first, the data last and atomically: a file found at `path` is always complete
+        write_text_atomic(path.with_suffix(".json"), json.dumps(stats, indent=2) + "\n")
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return convs, stats
 
 
