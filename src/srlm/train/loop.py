@@ -39,6 +39,7 @@ GPU), or FSDP2 `fully_shard` with `fsdp=true`; only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -563,8 +564,6 @@ class SamplingPolicy:
     """
 
     def __init__(self, model: nn.Module, fsdp: bool):
-        import copy
-
         self.replica = copy.deepcopy(model).eval().requires_grad_(False) if fsdp else None
 
     @torch.no_grad()
