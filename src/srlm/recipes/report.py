@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def read_log(path: str | Path | None) -> list[dict[str, Any]]:
     """Records of a `metrics.jsonl`; a missing file or a torn last line gives what could be read."""
@@ -87,8 +89,17 @@ def _plots(out: Path, stages: list[dict]) -> list[str]:
         for name, log in rl:
             for key, style in (("reward", "-"), ("accuracy", "--")):
                 xs, ys = _series(log, key)
-                if xs:
-                    ax.plot(xs, ys, style, label=f"{name} {key}")
+                if not xs:
+                    continue
+                # a step's few prompts make a noisy curve: faint per step, bold as a moving mean
+                w = max(1, len(ys) // 10)
+                line, = ax.plot(xs, ys, style, alpha=0.3 if w > 1 else 1.0, linewidth=0.8)
+                label = f"{name} {key}" + (f" ({w}-step mean)" if w > 1 else "")
+                if w > 1:
+                    ax.plot(xs[w - 1:], np.convolve(ys, np.ones(w) / w, mode="valid"), style, color=line.get_color(),
+                            linewidth=2, label=label)
+                else:
+                    line.set_label(label)
         ax.set_xlabel("step")
         ax.set_ylabel("mean over rollouts")
         ax.set_title("GRPO reward and accuracy of rollouts")
