@@ -87,6 +87,11 @@ class _Proj:
                 sc, bias = sc * row_scale.float(), None if bias is None else bias * row_scale.float()
             self.q8 = (torch.cat([m.weight for m in mods]).contiguous(), sc.to(cd), bias, cd)
 
+    def keep_transposed(self) -> None:
+        """Hold the fused weight as (in, out), contiguous, and compute x @ W_t (see TRANSPOSE_MAX_BYTES)."""
+        self.weight_t = self.weight.t().contiguous()
+        self.weight = self.weight_t.t()  # a view: a fused copy is not kept twice
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_t is not None:
             return torch.mm(x, self.weight_t) if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
@@ -196,8 +201,7 @@ class FusedDecoder:
                                       for p in projs)
                 and sum(p.weight.numel() * 4 for p in projs) <= TRANSPOSE_MAX_BYTES):
             for p in projs:
-                p.weight_t = p.weight.t().contiguous()
-                p.weight = p.weight_t.t()  # a view: a fused copy is not kept twice
+                p.keep_transposed()
 
     def _build_rope(self, max_len: int):
         # the same fp32 products as RotaryEmbedding, so the table equals what a forward computes

@@ -12,7 +12,6 @@ are exported with their blocks repeated.
 from __future__ import annotations
 
 import functools
-
 import json
 import os
 import shutil

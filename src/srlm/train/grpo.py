@@ -153,10 +153,10 @@ def _check(config: GRPOConfig, world: int = 1) -> None:
         raise SrlmError(f"beta={config.beta} must be >= 0")
 
 
-def _data_parallel(config: GRPOConfig) -> tuple[int, int]:
-    """(world size, rank) of a DDP run that shares rollout generation; (1, 0) otherwise."""
+def _process_group() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group; (1, 0) without one."""
     dist = torch.distributed
-    if config.fsdp or not (dist.is_available() and dist.is_initialized()):
+    if not (dist.is_available() and dist.is_initialized()):
         return 1, 0
     return dist.get_world_size(), dist.get_rank()
 
@@ -187,7 +187,7 @@ class GRPOStage:
             if model is None:
                 raise SrlmError("beta > 0 needs the starting model for the reference policy")
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        self.sampling_policy = SamplingPolicy(model, config.fsdp and model is not None)
+        self.sampling_policy = SamplingPolicy(model, config.fsdp)
         self.buffer: dict[str, Any] | None = None
         self.rollout_index = -1
         self.totals = {"reward_errors": 0, "verifier_timeouts": 0, "rollouts": 0}
@@ -218,27 +218,30 @@ class GRPOStage:
         from srlm.infer.engine import Engine
 
         cfg, G = self.config, self.config.num_generations
+        dist = torch.distributed
+        device = next(model.parameters()).device
         was_training = model.training
         t0 = time.perf_counter()
         idx = self._prompt_indices(rollout)
         # under DDP each rank samples its share of the prompts and the groups are gathered, so every
-        # rank holds the same buffer; under FSDP every rank must run the same forward passes, so all
-        # sample everything, with the same seed
-        world, rank = _data_parallel(cfg)
-        mine = idx[rank::world]
+        # rank holds the same buffer; under FSDP the ranks sample from replicas and all sample
+        # everything, with the same seed
+        world, rank = _process_group()
+        n_gen, gen_rank = (1, 0) if cfg.fsdp else (world, rank)
+        mine = idx[gen_rank::n_gen]
         policy = self.sampling_policy(model)
         engine = Engine(policy, self.tokenizer)
         policy.eval()  # no activation checkpointing (or dropout) while sampling
         try:
             groups = engine.generate([self.prompt_ids[i] for i in mine], n=G, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                     seed=(cfg.seed * 100_003 + rollout) * world + rank) if mine else []
+                                     seed=(cfg.seed * 100_003 + rollout) * n_gen + gen_rank) if mine else []
         finally:
             policy.train(was_training and policy is model)
-        if world > 1:
-            shares = [None] * world
-            torch.distributed.all_gather_object(shares, groups)
-            groups = [shares[k % world][k // world] for k in range(len(idx))]  # back in prompt order
+        if n_gen > 1:
+            shares = [None] * n_gen
+            dist.all_gather_object(shares, groups)
+            groups = [shares[k % n_gen][k // n_gen] for k in range(len(idx))]  # back in prompt order
         t_gen = time.perf_counter() - t0
         comps = [c for g in groups for c in g]
         examples = [self.examples[i] for i in idx for _ in range(G)]
@@ -248,12 +251,10 @@ class GRPOStage:
         weights = {"correct": 0.0, **cfg.rewards}
         rewards, per, counts = score([c.text or "" for c in comps], examples, self.task, weights,
                                      cfg.verifier_timeout_s)
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world > 1:
             # a verifier's time limit can trip on one rank and not another: rank 0's scores count
-            dev = next(model.parameters()).device  # NCCL broadcasts device tensors only
             for t in (rewards, *per.values()):
-                on_dev = t.to(dev)
+                on_dev = t.to(device)  # NCCL broadcasts device tensors only
                 dist.broadcast(on_dev, 0)
                 t.copy_(on_dev.cpu())
         t_score = time.perf_counter() - t1
@@ -273,18 +274,17 @@ class GRPOStage:
                 mask[r, len(p) - 1:lens[r] - 1] = True
         truncated = torch.tensor([c.finish_reason == "length" for c in comps])
         adv = group_advantages(rewards, G, cfg.scale_rewards)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world > 1:
             # the loop hands each rank its rows of one global buffer: a buffer that differed between
             # ranks would train on a silently wrong batch, so compare fingerprints once per rollout
             w = torch.arange(1, ids.numel() + 1, dtype=torch.float64).view_as(ids)
             mine_fp = (float((ids.double() * w).sum()), float(rewards.double().sum()))
-            fps = [None] * dist.get_world_size()
+            fps = [None] * world
             dist.all_gather_object(fps, mine_fp)
             if any(fp != fps[0] for fp in fps):
                 raise RuntimeError(f"GRPO rollout {rollout}: the ranks' rollout buffers differ ({fps})")
         buf = {"input_ids": ids, "mask": mask, "advantages": adv, "truncated": truncated, "rewards": rewards,
                "prompt_len": torch.tensor([len(p) for p in prompts])}
-        device = next(model.parameters()).device
         if cfg.num_iterations > 1:  # rows whose advantage is 0 are never run (see `_informative`)
             buf["old_logps"] = self._logps(policy, ids, mask, buf["prompt_len"], device, rows=(adv != 0) if cfg.beta == 0 else None)
         if self.ref is not None:
@@ -299,7 +299,7 @@ class GRPOStage:
             "truncated": float(truncated.float().mean()),
             "solved_groups": float((per["correct"].view(-1, G).max(1).values > 0).float().mean()),
             "time_generate_s": t_gen,
-            "generation_ranks": float(world),
+            "generation_ranks": float(n_gen),
             "time_score_s": t_score,
             "reward_errors": float(self.totals["reward_errors"]),
             "verifier_timeouts": float(self.totals["verifier_timeouts"]),

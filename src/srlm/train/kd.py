@@ -195,7 +195,7 @@ class KDStage(SFTStage):
         self.tokenizer = tokenizer
         self._micro = 0
         # on-policy samples come from the student; under FSDP from a replica gathered from its shards
-        self.sampling_policy = SamplingPolicy(model, config.fsdp and config.on_policy > 0 and model is not None)
+        self.sampling_policy = SamplingPolicy(model, config.fsdp and config.on_policy > 0)
 
     def batches(self, start, micro_batch_size):
         self._micro = start

@@ -563,8 +563,8 @@ class SamplingPolicy:
     same order).
     """
 
-    def __init__(self, model: nn.Module, fsdp: bool):
-        self.replica = copy.deepcopy(model).eval().requires_grad_(False) if fsdp else None
+    def __init__(self, model: nn.Module | None, fsdp: bool):
+        self.replica = copy.deepcopy(model).eval().requires_grad_(False) if fsdp and model is not None else None
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> nn.Module:
