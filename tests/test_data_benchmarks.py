@@ -10,7 +10,7 @@ from srlm.data.math import is_equiv, last_boxed, normalize
 from srlm.data.tasks import get_task
 from srlm.errors import SrlmError
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data"
 
 
 # ---- GSM8K

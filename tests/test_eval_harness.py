@@ -11,7 +11,7 @@ from srlm.errors import SrlmError
 from srlm.eval import cli
 from srlm.eval.harness import Backend, evaluate
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data"
 
 
 class Scripted:

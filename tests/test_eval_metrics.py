@@ -15,7 +15,7 @@ from sklearn import metrics as skm
 
 from srlm.eval import metrics as M
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data"
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -11,7 +11,7 @@ from srlm.data.tasks import get_task
 from srlm.errors import SrlmError
 from srlm.eval.score import score
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data"
 SQUAD2 = SAMPLES / "squad" / "dev-v2.0-sample.json"
 
 

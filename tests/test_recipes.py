@@ -13,7 +13,7 @@ from srlm.tokenizer import Tokenizer
 
 from _train_fixtures import make_tokenizer
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data"
 GSM8K = SAMPLES / "gsm8k" / "train_sample.jsonl"
 STUDY = [r for r in builtin_recipes() if r.startswith("study-")]
 

@@ -22,18 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("srlm.infer.cli", "generate text from a checkpoint"),
     "chat": ("srlm.infer.chat", "interactive chat in the terminal"),
     "bench": ("srlm.infer.bench", "benchmark prefill and decode speed and memory"),
-    "serve": ("srlm.serve.app", "OpenAI-compatible HTTP server"),
     "info": ("srlm.model.info", "describe a checkpoint: architecture, size, memory"),
     "tokenizer": ("srlm.tokenizer", "train a byte-level BPE tokenizer from text files"),
 }
-
-
-def _available() -> dict[str, tuple[str, str]]:
-    out = {}
-    for verb, (mod, help_) in COMMANDS.items():
-        if importlib.util.find_spec(mod) is not None:
-            out[verb] = (mod, help_)
-    return out
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -42,11 +33,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"srlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    available = _available()
     wanted = None
     if argv:
         wanted = next((a for a in argv if not a.startswith("-")), None)
-    for verb, (mod, help_) in available.items():
+    for verb, (mod, help_) in COMMANDS.items():
         p = sub.add_parser(verb, help=help_, description=help_)
         p.set_defaults(_module=mod)
         # Only the chosen verb's module is imported to build its arguments.
