@@ -105,8 +105,8 @@ def test_glue_loads_every_sample_layout():
 
     root = str(SAMPLES / "glue")
     found = available_glue_tasks(root)
-    assert set(found) == {"glue-cola", "glue-sst2", "glue-mrpc", "glue-stsb", "glue-mnli", "glue-qnli", "glue-rte",
-                          "glue-wnli"}
+    assert set(found) == {"glue-cola", "glue-sst2", "glue-mrpc", "glue-qqp", "glue-stsb", "glue-mnli", "glue-qnli",
+                          "glue-rte", "glue-wnli"}
     cola = get_task("glue-cola").load(data=root)
     assert len(cola) == 41 and cola[0].answer == "yes" and cola[0].prompt.startswith("The sailors rode")  # no header
     mrpc = get_task("glue-mrpc").load(data=root)  # byte-order mark before the header
@@ -120,6 +120,10 @@ def test_glue_loads_every_sample_layout():
     rte = get_task("glue-rte").load(data=str(SAMPLES / "glue" / "RTE" / "train.tsv"))
     assert rte[0].answer == "False" and rte[0].id == "0"
     assert get_task("glue-wnli").load(data=root)[1].answer == "True"
+    qqp = get_task("glue-qqp").load(data=root)  # official layout: id qid1 qid2 question1 question2 is_duplicate
+    assert len(qqp) == 8 and [e.answer for e in qqp[:3]] == ["no", "no", "yes"]
+    assert qqp[0].id == "201359" and qqp[0].prompt.startswith("Question 1: Why are African-Americans so beautiful?")
+    assert "\u201cde facto\u201d" in qqp[5].prompt and '"GATE"' in qqp[4].prompt  # quotes kept, not parsed as CSV
 
 
 def test_glue_mnli_official_16_column_tsv(tmp_path):

@@ -64,6 +64,19 @@ def test_glue_submission_tsv_matches_sklearn(tmp_path):
         score(task, ex, f)
 
 
+def test_glue_qqp_submission_matches_sklearn(tmp_path):
+    task = get_task("glue-qqp")
+    ex = task.load(data=str(SAMPLES / "glue"))
+    gold = [e.meta["label"] for e in ex]
+    pred = [1, 1, 1, 0, 1, 0, 1, 1]  # 2 of 4 positives found, 3 false positives
+    f = tmp_path / "QQP.tsv"
+    f.write_text("id\tlabel\n" + "".join(f"{e.id}\t{p}\n" for e, p in zip(ex, pred)), encoding="utf-8")
+    m, _ = score(task, ex, f)  # ids are QQP's own `id` column
+    assert m["f1"] == pytest.approx(skm.f1_score(gold, pred), abs=1e-9)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(gold, pred), abs=1e-9)
+    assert 0 < m["f1"] < 1 and m["f1"] != m["accuracy"]
+
+
 def test_gsm8k_outputs_by_position_and_by_id(tmp_path):
     task = get_task("gsm8k")
     ex = task.load(split="train", data=str(SAMPLES / "gsm8k"), limit=4)
