@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from srlm.atomic import atomic_folder
 from srlm.errors import SrlmError
 from srlm.model.config import ModelConfig
 from srlm.model.transformer import CausalLM, rope_inv_freq
@@ -109,6 +108,10 @@ def load_model(path: str | Path, dtype=None, device="cpu") -> CausalLM:
                     tensors[k] = sf.get_tensor(k)
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise SrlmError(f"{f}: cannot read safetensors file ({e})") from None
+    nonfinite = nonfinite_tensors(tensors)
+    if nonfinite:
+        print(f"srlm: warning: {path}: NaN or Inf values in {len(nonfinite)} tensor(s): {_names(nonfinite)}",
+              file=sys.stderr, flush=True)
     tensors = _hf_to_srlm_names(config, tensors, str(path))
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
@@ -136,7 +139,27 @@ def load_model(path: str | Path, dtype=None, device="cpu") -> CausalLM:
     model.model.rotary_emb.inv_freq = rope_inv_freq(config).to(device)
     model.config = config.replace(dtype=str(want).replace("torch.", ""))
     model.model.config = model.config
+    model.nonfinite_tensors = nonfinite  # HF names of the tensors holding NaN or Inf (see check_finite)
     return model.to(device).eval()
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an Inf."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
+
+
+def check_finite(model: CausalLM, path, allow: bool = False) -> None:
+    """Refuse a model loaded with NaN/Inf weights (its outputs would be garbage) unless `allow`."""
+    bad = getattr(model, "nonfinite_tensors", None)
+    if bad is None:
+        bad = nonfinite_tensors(dict(model.state_dict()))
+    if bad and not allow:
+        raise SrlmError(f"{path}: NaN or Inf values in tensor(s) {_names(bad)}, so every output would be garbage; "
+                        f"use an earlier checkpoint, or pass --allow-nonfinite to run it anyway")
 
 
 def load(path: str | Path, dtype=None, device="cpu"):
@@ -172,54 +195,40 @@ def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_dir(path: Path):
-    """A temporary sibling folder; `_commit` renames it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
 def save(model: CausalLM, path: str | Path, tokenizer=None, max_shard_bytes: int = 2 * 1024**3,
          dtype=None, extra_files: dict[str, str] | None = None) -> Path:
-    """Write `model` (and `tokenizer`) as an HF folder at `path`, atomically.
+    """Write `model` (and `tokenizer`) as an HF folder at `path`, atomically (`srlm.atomic.atomic_folder`).
 
     `dtype` casts the saved weights (default: the model's own); `extra_files` maps file
     names to text written alongside (e.g. a resolved training config).
     """
     path = Path(path)
-    tmp = _atomic_dir(path)
-    try:
-        config = model.config
-        cast = torch_dtype(dtype)
-        sd = hf_state_dict(model)
-        # shared storage (tied or layer-shared) must be cloned for safetensors
-        sd = {k: (v.to(cast) if cast else v).contiguous().clone().cpu() for k, v in sd.items()}
-        saved_dtype = str(cast or next(iter(sd.values())).dtype).replace("torch.", "")
-        hf = config.replace(dtype=saved_dtype).to_hf_dict()
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-        gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-               "pad_token_id": config.pad_token_id}
-        (tmp / "generation_config.json").write_text(json.dumps({k: v for k, v in gen.items() if v is not None},
-                                                               indent=2) + "\n")
-        _write_weights(sd, tmp, max_shard_bytes)
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        _commit(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_folder(path) as tmp:
+        write_folder(model, tmp, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes, dtype=dtype,
+                     extra_files=extra_files)
     return path
+
+
+def write_folder(model: CausalLM, folder: Path, tokenizer=None, max_shard_bytes: int = 2 * 1024**3,
+                 dtype=None, extra_files: dict[str, str] | None = None) -> None:
+    """The files of `save` written into an existing (temporary) folder, not atomically by themselves."""
+    config = model.config
+    cast = torch_dtype(dtype)
+    sd = hf_state_dict(model)
+    # shared storage (tied or layer-shared) must be cloned for safetensors
+    sd = {k: (v.to(cast) if cast else v).contiguous().clone().cpu() for k, v in sd.items()}
+    saved_dtype = str(cast or next(iter(sd.values())).dtype).replace("torch.", "")
+    hf = config.replace(dtype=saved_dtype).to_hf_dict()
+    (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+           "pad_token_id": config.pad_token_id}
+    (folder / "generation_config.json").write_text(json.dumps({k: v for k, v in gen.items() if v is not None},
+                                                              indent=2) + "\n")
+    _write_weights(sd, folder, max_shard_bytes)
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text)
 
 
 def _write_weights(sd: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int) -> None:

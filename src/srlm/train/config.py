@@ -5,7 +5,9 @@ subclass, possibly with nested dataclass fields such as `lora`) from an optional
 YAML file and command-line overrides like `lr=3e-4` or `lora.rank=8` (values are
 parsed as YAML scalars or flow lists: `betas=[0.9,0.95]`). Unknown keys are an
 `SrlmError` naming the file and line (or the override) and suggesting the closest
-known key; malformed YAML names file and line. `to_yaml(config)` writes the
+known key; malformed YAML names file and line. A value of the wrong type or outside its
+field's range (`LIMITS`) is blamed on where it was set: the command-line override, or the YAML
+file's line. `to_yaml(config)` writes the
 resolved config, saved with every checkpoint. Every field is documented where it
 is defined.
 """
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -63,9 +66,9 @@ class TrainConfig:
     #: hardware has fast bf16 (CUDA; CPUs with AVX-512-BF16/AMX), else fp32 (bf16 on AVX2 is ~100x slower)
     dtype: str = "auto"
     seed: int = 0
-    #: checkpoint every N steps (0: only at the end)
+    #: checkpoint every N steps (0: only at the end); a kill costs at most the steps since the last checkpoint
     save_every: int = 0
-    #: keep the newest K checkpoints (the final model is always kept)
+    #: keep the newest K checkpoints (0: keep every one; the final model is always kept)
     keep_last: int = 2
     #: run the stage's validation and `eval_tasks` every N steps (0: only at the end)
     eval_every: int = 0
@@ -160,13 +163,21 @@ def _coerce(value, tp, where: str):
     return value
 
 
-def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = ""):
+def _where(dotted: str, source: str, lines: dict[str, int], origins: dict[str, str]) -> str:
+    """Where a key's value came from: the override that set it, or the file (and line)."""
+    if dotted in origins:
+        return origins[dotted]
+    return f"{source}:{lines[dotted]}" if dotted in lines else source
+
+
+def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = "", origins: dict[str, str] | None = None):
+    origins = origins or {}
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        where = f"{source}:{lines[dotted]}" if dotted in lines else source
+        where = _where(dotted, source, lines, origins)
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
@@ -175,7 +186,7 @@ def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = ""
         tp = hints[key]
         inner, _ = _strip_optional(tp)
         if dataclasses.is_dataclass(inner) and isinstance(value, dict):
-            kwargs[key] = _build(inner, value, source, lines, prefix=f"{dotted}.")
+            kwargs[key] = _build(inner, value, source, lines, prefix=f"{dotted}.", origins=origins)
         else:
             kwargs[key] = _coerce(value, tp, f"{where}: {dotted}")
     try:
@@ -217,14 +228,17 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
     return data, lines
 
 
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].strip().lstrip("-").replace("-", "_")
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """["lr=3e-4", "lora.rank=8"] -> {"lr": 3e-4, "lora": {"rank": 8}} (values parsed as YAML)."""
     out: dict = {}
     for item in overrides:
         if "=" not in item:
             raise SrlmError(f"override {item!r} is not key=value (e.g. lr=3e-4, lora.rank=8)")
-        key, raw = item.split("=", 1)
-        key = key.strip().lstrip("-").replace("-", "_")
+        key, raw = _override_key(item), item.split("=", 1)[1]
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
@@ -250,17 +264,59 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | dict
     """Build `cls` from a YAML file (optional) and overrides; errors name the file/line or the override."""
     data, lines = read_yaml(path) if path else ({}, {})
     source = str(path) if path else "config"
+    origins: dict[str, str] = {}
     if overrides:
-        extra = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
-        try:
-            _build(cls, extra, "command-line override", {})
-        except SrlmError as e:
-            if "unknown" in str(e):
-                raise
+        if isinstance(overrides, dict):
+            extra = overrides
+            origins = {k: f"override {k}" for k in _flat_keys(extra)}
+        else:
+            extra = parse_overrides(list(overrides))
+            for item in overrides:  # the last override of a key wins, and is the one blamed
+                key = _override_key(item)
+                for k in [key] + [k for k in _flat_keys(extra) if k.startswith(key + ".")]:
+                    origins[k] = f"command-line override {item!r}"
         for k in _flat_keys(extra):
             lines.pop(k, None)
         data = _merge(data, extra)
-    return _build(cls, data, source, lines)
+    config = _build(cls, data, source, lines, origins=origins)
+    check_limits(config, lambda key: _where(key, source, lines, origins))
+    return config
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# TrainConfig field -> (test, what a value must be); `check_limits` applies them
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "steps": (lambda v: v > 0, "a positive integer"),
+    "lr": (lambda v: _finite(v) and v >= 0, "a number >= 0"),
+    "min_lr_ratio": (lambda v: _finite(v) and 0 <= v <= 1, "between 0 and 1"),
+    "warmup_steps": (lambda v: v >= 0, "an integer >= 0 (0: no warmup)"),
+    "batch_size": (lambda v: v > 0, "a positive integer"),
+    "grad_accum": (lambda v: v > 0, "a positive integer"),
+    "max_grad_norm": (lambda v: _finite(v) and v >= 0, "a number >= 0 (0: no clipping)"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a number >= 0"),
+    "betas": (lambda v: len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "eps": (lambda v: _finite(v) and v > 0, "a number > 0"),
+    "save_every": (lambda v: v >= 0, "an integer >= 0 (0: save only at the end)"),
+    "keep_last": (lambda v: v >= 0, "an integer >= 0 (0: keep every checkpoint)"),
+    "eval_every": (lambda v: v >= 0, "an integer >= 0 (0: evaluate only at the end)"),
+    "eval_limit": (lambda v: v > 0, "a positive integer"),
+    "log_every": (lambda v: v > 0, "a positive integer"),
+    "max_seq_len": (lambda v: v > 0, "a positive integer"),
+    "num_threads": (lambda v: v >= 0, "an integer >= 0 (0: torch's default)"),
+}
+
+
+def check_limits(config, where: Callable[[str], str] | None = None) -> None:
+    """An `SrlmError` naming the first field of `config` outside its range (`LIMITS`) and where it was set."""
+    for key, (ok, what) in LIMITS.items():
+        if not hasattr(config, key):
+            continue
+        value = getattr(config, key)
+        if not ok(value):
+            raise SrlmError(f"{where(key) if where else 'config'}: {key} must be {what}, got {value!r}")
 
 
 def _flat_keys(d: dict, prefix: str = "") -> list[str]:

@@ -27,24 +27,24 @@ function of seed, step and rank, so resume needs no RNG files), checkpoints, `me
 `stage.validate` and the caller's `evaluate(model, tokenizer, step) -> dict` (the eval harness
 sits above train, so the caller passes it in).
 
-Checkpoints: `out_dir/checkpoint-NNNNNN/` is an HF folder (LoRA merged; the adapter in PEFT's
-format under `adapter/`) + `train_config.yaml` + `training_state.pt` (optimizer, step, data
-position, stage state, LoRA weights; loaded with weights_only=True) + `training_state.json`.
-It is written as a hidden temporary folder and renamed into place, so a kill never leaves a
-half checkpoint under a name a later run would load. The newest `keep_last` are kept;
-`out_dir/final/` holds the last model. Under `torchrun` the loop uses DDP (gloo on CPU, NCCL on
-GPU), or FSDP2 `fully_shard` with `fsdp=true`; only rank 0 writes files.
+Checkpoints (`srlm.train.checkpointing`): `out_dir/checkpoint-NNNNNN/` is an HF folder (LoRA merged;
+the adapter in PEFT's format under `adapter/`) + `train_config.yaml` + `training_state.pt` (optimizer,
+step, data position, stage state, LoRA weights; loaded with weights_only=True) + `training_state.json`
+(the manifest: sizes and checksums of the other files). Each is written as a hidden temporary folder,
+flushed and renamed into place, so a kill never leaves a half checkpoint under a name a later run
+would load; resume verifies a checkpoint before loading it and falls back past a damaged one. The
+newest `keep_last` are kept; `out_dir/final/` holds the last model (a run resumed at its last step
+only writes it). Under `torchrun` the loop uses DDP (gloo on CPU, NCCL on GPU), or FSDP2 `fully_shard`
+with `fsdp=true`; only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
-import re
-import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -52,16 +52,13 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from srlm.atomic import check_writable, clean_temporaries, write_text_atomic
 from srlm.errors import SrlmError
 from srlm.model.checkpoint import fast_bf16
-from srlm.train.config import TrainConfig, to_dict, to_yaml
+from srlm.train import checkpointing as ckpt_io
+from srlm.train.checkpointing import RESUMABLE_CHANGES, DamagedCheckpoint, list_checkpoints  # noqa: F401 (re-exported)
+from srlm.train.config import TrainConfig, check_limits, to_yaml
 from srlm.train.lora import LoRALinear, lora_state_dict, merged_model, save_adapter
-
-# keys that may change between a run and its resumption
-RESUMABLE_CHANGES = {"steps", "save_every", "keep_last", "eval_every", "eval_tasks", "eval_limit", "log_every",
-                     "resume", "num_threads", "progress", "device", "out_dir"}
-
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ----------------------------------------------------------------------------- model / tokenizer
@@ -211,6 +208,7 @@ def _optimizer(config: TrainConfig, model: nn.Module, device: torch.device, fsdp
 
 
 def _validate_config(config: TrainConfig, world: int) -> int:
+    check_limits(config)
     if config.schedule not in ("cosine", "linear", "constant"):
         raise SrlmError(f"schedule={config.schedule!r}: use cosine, linear or constant")
     if config.dtype not in ("auto", "bf16", "fp32", "bfloat16", "float32"):
@@ -226,55 +224,6 @@ def _validate_config(config: TrainConfig, world: int) -> int:
     return config.batch_size // per
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def list_checkpoints(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints in `out_dir`, oldest first."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out.iterdir()
-             if (m := _CKPT.match(p.name)) and (p / "training_state.json").is_file()]
-    return [p for _, p in sorted(found)]
-
-
-def _resume_point(config: TrainConfig) -> Path | None:
-    r = config.resume
-    ckpts = list_checkpoints(config.out_dir)
-    if r in (False, None, "false", "no"):
-        if ckpts:
-            raise SrlmError(f"{config.out_dir} already has checkpoints (newest {ckpts[-1].name}); pass resume=true "
-                            f"(or --resume) to continue, or choose another out_dir")
-        return None
-    if r in (True, "true", "auto", "yes"):
-        if not ckpts:
-            if r == "auto":
-                return None
-            raise SrlmError(f"resume=true but {config.out_dir} has no complete checkpoint-N folder")
-        return ckpts[-1]
-    p = Path(str(r))
-    if not (p / "training_state.json").is_file():
-        raise SrlmError(f"resume={r}: not a checkpoint folder (no training_state.json)")
-    return p
-
-
-def _check_compatible(config: TrainConfig, ckpt: Path, stage_name: str) -> dict:
-    import yaml
-
-    meta = json.loads((ckpt / "training_state.json").read_text())
-    if meta.get("stage") != stage_name:
-        raise SrlmError(f"{ckpt} was written by a {meta.get('stage')!r} run, not {stage_name!r}; "
-                        f"use a fresh out_dir")
-    saved = yaml.safe_load((ckpt / "train_config.yaml").read_text()) or {}
-    now = to_dict(config)
-    diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)]
-    if diff:
-        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:5])
-        raise SrlmError(f"{ckpt} was made by another config ({shown}); resume with the same config "
-                        f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change) or use a fresh out_dir")
-    return meta
-
-
 # ----------------------------------------------------------------------------- the loop
 
 class Trainer:
@@ -285,45 +234,35 @@ class Trainer:
         self.dist = _Dist()
         self.out = Path(config.out_dir)
         self.lora = getattr(model, "lora_config", None)
+        self.wrapped: nn.Module | None = None
 
     # -- files
     def _save(self, step: int, position: int, final: bool = False) -> Path:
         """Rank 0 writes; every rank calls (FSDP gathers the full state on all ranks)."""
-        from srlm.model import save
-
         state_model = self._full_model()
-        optim_state = self._optim_state()
+        optim_state = None if final else self._optim_state()
         path = self.out / ("final" if final else f"checkpoint-{step:06d}")
         if self.dist.main:
-            tmp = self.out / f".{path.name}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save(export_model(state_model), tmp, tokenizer=self.tokenizer,
-                 extra_files={"train_config.yaml": to_yaml(self.config)})
-            if self.lora is not None:
-                save_adapter(state_model, self.lora, tmp / "adapter", base_model=self.config.init_from or self.config.model)
+            training_state = None
             if not final:
                 stage_state = self.stage.state_dict() if hasattr(self.stage, "state_dict") else {}
-                torch.save({"optimizer": optim_state, "lora": lora_state_dict(state_model) if self.lora else {},
-                            "stage": stage_state}, tmp / "training_state.pt")
-            # written last: its presence marks a complete checkpoint
-            (tmp / "training_state.json").write_text(json.dumps(
-                {"stage": self.stage_name, "step": step, "data_position": position, "world_size": self.dist.world,
-                 "time": time.time()}, indent=2) + "\n")
-            if path.exists():
-                old = self.out / f".{path.name}.old-{os.getpid()}"
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-            if not final and self.config.keep_last > 0:
-                for old in list_checkpoints(self.out)[:-self.config.keep_last]:
-                    shutil.rmtree(old, ignore_errors=True)
+                training_state = {"optimizer": optim_state, "stage": stage_state,
+                                  "lora": lora_state_dict(state_model) if self.lora else {}}
+            adapter = None
+            if self.lora is not None:
+                def adapter(folder):
+                    save_adapter(state_model, self.lora, folder / "adapter",
+                                 base_model=self.config.init_from or self.config.model)
+            meta = {"stage": self.stage_name, "step": step, "data_position": position, "world_size": self.dist.world}
+            ckpt_io.write_checkpoint(path, export_model(state_model), self.tokenizer, to_yaml(self.config), meta,
+                                     training_state, write_extra=adapter)
+            if not final:
+                ckpt_io.rotate(self.out, path, self.config.keep_last)
         self.dist.barrier()
         return path
 
     def _full_model(self) -> nn.Module:
-        if not self.config.fsdp:
+        if not self.config.fsdp or self.wrapped is None:
             return self.model
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         from srlm.model import CausalLM
@@ -349,8 +288,13 @@ class Trainer:
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def _load(self, ckpt: Path) -> tuple[int, int]:
-        meta = _check_compatible(self.config, ckpt, self.stage_name)
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        """Load `ckpt` into the model (and stage); `DamagedCheckpoint` when its files are not what it recorded."""
+        meta = ckpt_io.verify(ckpt)
+        ckpt_io.check_compatible(self.config, ckpt, self.stage_name, meta)
+        try:
+            state = torch.load(ckpt / ckpt_io.STATE, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or garbled: torch raises RuntimeError, EOFError, pickle errors, ...
+            raise DamagedCheckpoint(f"{ckpt_io.STATE} cannot be read ({str(e).splitlines()[0][:200]})") from None
         if self.lora is not None:
             missing = set(lora_state_dict(self.model)) - set(state["lora"])
             if missing:
@@ -359,29 +303,36 @@ class Trainer:
         else:
             from srlm.model import load_model
 
-            saved = load_model(ckpt, dtype="float32")
+            try:
+                saved = load_model(ckpt, dtype="float32")
+            except SrlmError as e:  # the config matched, so unreadable or misshapen weights mean damage
+                raise DamagedCheckpoint(str(e).removeprefix(f"{ckpt}: ")) from None
             self.model.load_state_dict(saved.state_dict(), strict=True)
         self._optim_load = state["optimizer"]
         if hasattr(self.stage, "load_state_dict"):
             self.stage.load_state_dict(state.get("stage", {}))
         return int(meta["step"]), int(meta["data_position"])
 
+    def _resume(self) -> tuple[Path | None, int, int]:
+        """(checkpoint, step, data position) to continue from: the newest intact one (see checkpointing)."""
+        candidates, explicit = ckpt_io.resume_candidates(self.config)
+        ckpt, loaded, damaged = ckpt_io.choose(candidates, explicit, self._load)
+        if ckpt is None:
+            return None, 0, 0
+        self.dist.barrier()  # every rank has chosen before rank 0 renames anything
+        if damaged and self.dist.main:
+            ckpt_io.set_aside(damaged, ckpt)
+        step, position = loaded
+        return ckpt, step, position
+
     def _log(self, record: dict):
         if not self.dist.main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        ckpt_io.append_metrics(self.out / ckpt_io.METRICS, record)
         if self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, record["step"])
-
-    def _truncate_metrics(self, step: int):
-        path = self.out / "metrics.jsonl"
-        if not self.dist.main or not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in keep))
 
     # -- evaluation
     def _run_eval(self, step: int) -> dict:
@@ -421,23 +372,29 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         self.tb = None
         if dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for stale in self.out.glob(".checkpoint-*.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
+            # before any work: an unwritable out_dir fails now, not at the first save
+            check_writable(self.out, "checkpoints and metrics")
+            clean_temporaries(self.out)
+        self._optim_load = None
+        ckpt, step, position = self._resume()
+        if step > cfg.steps:
+            raise SrlmError(f"{ckpt} is already at step {step} > steps={cfg.steps}; raise steps to train further")
+        logged = ckpt_io.start_metrics(self.out, step if ckpt is not None else None) if dist.main else []
+        if step == cfg.steps:
+            # killed after the last checkpoint, before (or while) writing final/: only final/ is missing
+            if dist.main:
+                print(f"srlm train: {ckpt.name} is at the last step ({step}); writing {self.out / 'final'}",
+                      file=sys.stderr, flush=True)
+            self.wrapped = None  # every rank holds the whole model, loaded from the checkpoint
+            final = self._save(step, position, final=True)
+            return {**_last_logged(logged, step), "step": step, "final": str(final)}
+        if dist.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.out / "tb"))
             except Exception:  # tensorboard not installed
                 self.tb = None
-        ckpt = _resume_point(cfg)
-        step, position = 0, 0
-        self._optim_load = None
-        if ckpt is not None:
-            step, position = self._load(ckpt)
-            self._truncate_metrics(step)
-        if step >= cfg.steps:
-            raise SrlmError(f"{ckpt} is already at step {step} >= steps={cfg.steps}; raise steps to train further")
         model = self.model.to(self.device).train()
         model.model.gradient_checkpointing = cfg.gradient_checkpointing
         wrapped: nn.Module = _LossModule(model)
@@ -463,7 +420,7 @@ class Trainer:
                 self.optimizer.load_state_dict(self._optim_load)
             self._optim_load = None
         if dist.main:
-            (self.out / "train_config.yaml").write_text(to_yaml(cfg))
+            write_text_atomic(self.out / "train_config.yaml", to_yaml(cfg))
 
         weight = getattr(self.stage, "weight", None) or (lambda b: float(b["num_tokens"]))
         batches = self.stage.batches(position, micro)
@@ -551,6 +508,17 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         return {**last, "step": step, "final": str(final)}
+
+
+def _last_logged(records: list[dict], step: int) -> dict:
+    """What `train` returns for a run that ended at `step`, rebuilt from its metrics log."""
+    out: dict[str, Any] = {}
+    for r in records:
+        if r.get("step") == step:
+            if "loss" in r:
+                out["loss"] = r["loss"]
+            out.update({k: v for k, v in r.items() if k.startswith("eval/")})
+    return out
 
 
 class SamplingPolicy:
