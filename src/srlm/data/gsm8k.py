@@ -6,13 +6,17 @@ lm-evaluation-harness does: *strict* (the first `#### N` or "The answer is N") a
 commas, `$` and a trailing `.`; "5.00" and "5" are also equal (compared as decimals).
 `extract` (the verifier's input, used for `accuracy`) is strict when the output has a
 strict answer, flexible otherwise.
+
+Example ids: the line's `id` field when it has one, else the 0-based position of the record in
+its file ("0", "1", ...), whatever the file is called: what `srlm eval` writes in its records and
+`srlm score` matches (ids of older versions, `gsm8k-<file stem>-<i>`, are read as position `i`).
+A gold answer that is not a number (`#### ten dollars`) is an error naming the file and line.
 """
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
 from srlm.data.io import field, find_file, read_jsonl
 from srlm.data.tasks import Example, Task, register
@@ -21,6 +25,8 @@ from srlm.errors import SrlmError
 _STRICT = re.compile(r"(?:####|[Tt]he (?:final )?answer is:?)\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
 _NUMBER = re.compile(r"-?\$?\s?[0-9][0-9,]*(?:\.[0-9]+)?")
 _CALC = re.compile(r"<<[^<>]*>>")
+_GOLD = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_OLD_ID = re.compile(r"gsm8k-.+-([0-9]+)")
 
 
 def normalize_number(s: str) -> str:
@@ -63,20 +69,28 @@ class GSM8K(Task):
             raise SrlmError("gsm8k: give the official jsonl with --data FILE_OR_DIR (e.g. grade_school_math/data/test.jsonl)")
         path = find_file(data, [f"{split}.jsonl", f"*{split}*.jsonl", "*.jsonl"], f"gsm8k split {split!r}")
         out = []
-        for line, obj in read_jsonl(path):
+        for position, (line, obj) in enumerate(read_jsonl(path)):
             where = f"{path}:{line}"
             q, a = field(obj, ("question",), where), field(obj, ("answer",), where)
             if "####" not in a:
                 raise SrlmError(f"{where}: field 'answer' does not end in '#### N'; is this the official GSM8K file?")
-            steps, _, gold = a.rpartition("####")
-            gold = normalize_number(gold)
+            steps, _, raw_gold = a.rpartition("####")
+            gold = normalize_number(raw_gold)
+            if not _GOLD.fullmatch(gold):
+                raise SrlmError(f"{where}: field 'answer': the final answer after '####' is {raw_gold.strip()!r}, "
+                                f"not a number; GSM8K answers end in '#### N' with N a number")
             steps = _CALC.sub("", steps).strip()
-            ex_id = str(obj.get("id", f"gsm8k-{Path(path).stem}-{len(out)}"))
+            ex_id = str(obj.get("id", position))
             out.append(Example(id=ex_id, prompt=q.strip(), answer=gold, solution=f"{steps}\n#### {gold}",
                                meta={"line": line}))
             if limit is not None and len(out) >= limit:
                 break
         return out
+
+    def canonical_id(self, raw: str) -> str:
+        """An id as `load` makes it: older srlm versions wrote `gsm8k-<file stem>-<i>` for position i."""
+        m = _OLD_ID.fullmatch(raw)
+        return m.group(1) if m else raw
 
     def extract(self, output: str) -> str | None:
         s = extract_strict(output)

@@ -74,6 +74,10 @@ class Task:
         """The final answer in a model's output, or None when there is none."""
         raise NotImplementedError
 
+    def canonical_id(self, raw: str) -> str:
+        """A prediction file's id as `load` names the example (tasks override to read older id forms)."""
+        return raw
+
     def is_correct(self, prediction: str | None, example: Example) -> bool:
         """The verifier: True when `prediction` is a correct final answer for `example`."""
         return prediction is not None and prediction.strip() == example.answer.strip()

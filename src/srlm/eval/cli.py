@@ -1,8 +1,12 @@
 """`srlm eval PATH --task NAME[,NAME...]`: evaluate a checkpoint and write metrics + per-example records.
 
-Writes `--out` (default `PATH/eval.json` for a checkpoint folder, else `eval.json`): a JSON
-of {"tasks": {name: metrics}, "glue": GLUE score when GLUE tasks ran, "config": ...}, and
-the per-example records as JSONL beside it (same name, `.jsonl`). `--task glue` means every
+Writes `--out` (default `PATH/eval-TASKS.json` for a checkpoint folder, e.g. `eval-gsm8k.json`, else
+`eval-TASKS.json` here): a JSON of {"tasks": {name: metrics}, "glue": GLUE score when GLUE tasks ran,
+"config": ...}, and the per-example records as JSONL beside it (same name, `.jsonl`). Results already
+there are kept as history (`eval-gsm8k.1.json`, `.2`, ...), never overwritten. The output folder is
+checked before anything is evaluated: an unwritable `--out` is an error; an unwritable checkpoint
+folder sends the default files to the current folder, saying so. Metrics are printed before files
+are written. `--task glue` means every
 GLUE task whose files are under `--data`. `--data` is one file or folder for all tasks,
 or `NAME=PATH` (repeatable) per task. Few-shot examples come from the task's train
 split when `--data` has one, else from the evaluated examples (never the example itself).
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="model dtype (default: the backend's choice)")
     p.add_argument("--quantize", default=None, help="weight quantization for inference, if the backend supports it")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--out", default=None, help="metrics JSON path (records go beside it as .jsonl)")
+    p.add_argument("--out", default=None, help="metrics JSON path (records go beside it as .jsonl); "
+                                                "default PATH/eval-TASKS.json")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="evaluate a checkpoint whose weights hold NaN or Inf (refused by default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -53,8 +62,12 @@ def make_backend(path: str, args: argparse.Namespace):
         if e.name in ("srlm.infer.backend", "srlm.infer"):
             raise SrlmError("the inference backend (srlm.infer.backend) is not available in this install") from None
         raise
-    return EngineBackend.from_checkpoint(path, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                                         seed=args.seed)
+    from srlm.model.checkpoint import check_finite
+
+    backend = EngineBackend.from_checkpoint(path, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                                            seed=args.seed)
+    check_finite(backend.engine.model, path, allow=getattr(args, "allow_nonfinite", False))
+    return backend
 
 
 def parse_data(values: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -108,15 +121,60 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_results(out: Path, results: dict, records: list[dict] | None) -> Path | None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if records is None:
+def output_path(args: argparse.Namespace) -> Path:
+    """Where the metrics go, checked writable before any evaluation (see the module docstring)."""
+    from srlm.atomic import check_writable
+
+    if args.out:
+        out = Path(args.out)
+        check_writable(out.parent, "--out results")
+        return out
+    tasks = re.sub(r"[^\w.+-]+", "_", "+".join(t.strip() for t in args.task.split(",") if t.strip()))
+    ckpt = Path(args.path)
+    if not ckpt.is_dir():
+        return Path(f"eval-{tasks}.json")
+    try:
+        check_writable(ckpt, "results")
+        return ckpt / f"eval-{tasks}.json"
+    except SrlmError as e:
+        out = Path(f"eval-{ckpt.resolve().name}-{tasks}.json")
+        check_writable(Path.cwd(), f"results (the checkpoint folder cannot take them either: {e})")
+        print(f"srlm eval: {ckpt} is not writable; results will go to {out.resolve()}", file=sys.stderr)
+        return out
+
+
+def keep_previous(out: Path) -> Path | None:
+    """Move results already at `out` (and their records) to the first free `STEM.N.json`; returns where."""
+    rec = out.with_suffix(".jsonl")
+    if not out.exists() and not rec.exists():
         return None
-    rec_path = out.with_suffix(".jsonl")
-    with open(rec_path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(_clean(r), ensure_ascii=False, default=str) + "\n")
+    n = 1
+    while out.with_suffix(f".{n}.json").exists() or out.with_suffix(f".{n}.jsonl").exists():
+        n += 1
+    aside = out.with_suffix(f".{n}.json")
+    for src, dst in ((out, aside), (rec, out.with_suffix(f".{n}.jsonl"))):
+        if src.exists():
+            os.replace(src, dst)
+    return aside
+
+
+def write_results(out: Path, results: dict, records: list[dict] | None) -> Path | None:
+    """Write the metrics (and records) atomically; earlier results at `out` are kept (`keep_previous`)."""
+    from srlm.atomic import write_text_atomic
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        aside = keep_previous(out)
+        if aside is not None:
+            print(f"srlm eval: kept the previous results at {out} as {aside.name}", file=sys.stderr)
+        rec_path = None
+        if records is not None:
+            rec_path = out.with_suffix(".jsonl")
+            write_text_atomic(rec_path, "".join(json.dumps(_clean(r), ensure_ascii=False, default=str) + "\n"
+                                                for r in records))
+        write_text_atomic(out, json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n")
+    except OSError as e:
+        raise SrlmError(f"cannot write {out} ({e.strerror}); the metrics are printed above") from None
     return rec_path
 
 
@@ -137,6 +195,7 @@ def run(args: argparse.Namespace, backend=None) -> dict:
         raise SrlmError(f"--out {args.out}: give the metrics .json path; records are written beside it as .jsonl")
     default_data, per_task = parse_data(args.data)
     names = expand_tasks(args.task, default_data, per_task, args.split)
+    out = output_path(args)
     temperature = args.temperature if args.temperature is not None else (0.8 if args.samples > 1 else 0.0)
     loaded = []
     for name in names:  # load every task before the model, so data mistakes show at once
@@ -171,11 +230,10 @@ def run(args: argparse.Namespace, backend=None) -> dict:
                          "chat": args.chat, "samples": args.samples, "temperature": temperature,
                          "max_new_tokens": args.max_new_tokens, "scoring": args.scoring, "seed": args.seed,
                          "data": args.data}
-    out = Path(args.out) if args.out else (Path(args.path) / "eval.json" if Path(args.path).is_dir() else Path("eval.json"))
-    rec_path = write_results(out, results, all_records)
-    print(format_table(results["tasks"]))
+    print(format_table(results["tasks"]), flush=True)
     if glue:
-        print(f"GLUE score {glue['score']:.4f} over {glue['tasks']} task(s)")
+        print(f"GLUE score {glue['score']:.4f} over {glue['tasks']} task(s)", flush=True)
+    rec_path = write_results(out, results, all_records)
     print(f"wrote {out} and {rec_path}", file=sys.stderr)
     return results
 

@@ -54,7 +54,8 @@ DEFAULT_STOP = ["\nQuestion:"]
 def _shots(example: Example, pool: list[Example], k: int) -> list[Example]:
     if k <= 0:
         return []
-    out = [s for s in pool[: k + 1] if s.id != example.id][:k]
+    # by content, not id: a train file's and a test file's positional ids ("0", "1", ...) coincide
+    out = [s for s in pool[: k + 1] if s is not example and s.prompt != example.prompt][:k]
     return out
 
 

@@ -10,8 +10,9 @@ Prediction formats:
 - Any generation task (`gsm8k`, `math`, `math500`, synthetic ...): jsonl, one object per line
   with the model's text in `output` (or `completion`, `response`, `generated_text`, `text`),
   run through the task's answer extraction. Lines are matched to examples by an `id` field
-  when the first line has one (the dataset's id: MATH-500 `unique_id`, MATH `idx`, else the
-  0-based position, as `srlm eval` records them), otherwise by position.
+  when the first line has one (the dataset's id: MATH-500 `unique_id`, MATH `idx`, GSM8K the
+  line's `id` or else the record's 0-based position in its file, "0", "1", ...; the ids `srlm eval`
+  writes in its records), otherwise by position.
 Ids not in the data are an error; missing ids are an error unless `--allow-missing`, which
 scores them as wrong and reports how many there were.
 """
@@ -84,7 +85,7 @@ def read_glue_predictions(path: Path, task: Task) -> dict[str, str]:
     return preds
 
 
-def read_output_predictions(path: Path, examples: list[Example]) -> dict[str, str]:
+def read_output_predictions(path: Path, examples: list[Example], task: Task | None = None) -> dict[str, str]:
     rows = list(read_jsonl(path))
     if not rows:
         raise SrlmError(f"{path}: no predictions")
@@ -98,7 +99,7 @@ def read_output_predictions(path: Path, examples: list[Example]) -> dict[str, st
         if by_id:
             if "id" not in obj:
                 raise SrlmError(f"{where}: no 'id' field, but the first line has one; give ids on every line or on none")
-            key = str(obj["id"])
+            key = task.canonical_id(str(obj["id"])) if task is not None else str(obj["id"])
         else:
             if i >= len(examples):
                 raise SrlmError(f"{path}: {len(rows)} predictions for {len(examples)} examples, matched by position "
@@ -122,12 +123,13 @@ def score(task: Task, examples: list[Example], predictions: str | Path,
     elif family == "glue":
         preds = read_glue_predictions(path, task)
     else:
-        preds = read_output_predictions(path, examples)
+        preds = read_output_predictions(path, examples, task)
     ids = {ex.id for ex in examples}
     unknown = [k for k in preds if k not in ids]
     if unknown:
-        raise SrlmError(f"{path}: {len(unknown)} prediction(s) for ids not in the data, e.g. {', '.join(unknown[:5])}; "
-                        "are the predictions for this split and file?")
+        expected = f" (expected ids like {examples[0].id!r}" + (f" ... {examples[-1].id!r})" if len(examples) > 1 else ")")
+        raise SrlmError(f"{path}: {len(unknown)} prediction(s) for ids not in the data, e.g. {', '.join(unknown[:5])}"
+                        f"{expected if examples else ''}; are the predictions for this split and file?")
     missing = [ex.id for ex in examples if ex.id not in preds]
     if missing and not allow_missing:
         raise SrlmError(f"{path}: no prediction for {len(missing)} of {len(examples)} examples, e.g. "

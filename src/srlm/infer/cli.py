@@ -21,6 +21,8 @@ def add_model_arguments(p) -> None:
                    help="int8 weight-only Linear layers (per-output-channel scales), applied at load")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: as saved; bfloat16 with --quantize)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="run a checkpoint whose weights hold NaN or Inf (refused by default: its outputs are garbage)")
 
 
 def add_sampling_arguments(p, temperature: float | None = None, max_new_tokens: int = 256) -> None:
@@ -40,7 +42,29 @@ def add_sampling_arguments(p, temperature: float | None = None, max_new_tokens: 
                    help="stop as soon as the text matches, e.g. 'The answer is -?[0-9]+\\.'")
 
 
+def text_argument(value: str | None, flag: str) -> str | None:
+    """`value` when it is valid UTF-8; an `SrlmError` naming `flag` and the first bad byte if not.
+
+    Python hands undecodable command-line bytes over as lone surrogates, which the tokenizer rejects
+    with a TypeError.
+    """
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = value[e.start:e.end].encode("utf-8", "surrogateescape")
+        raise SrlmError(f"{flag}: not valid UTF-8 text (byte 0x{raw[0]:02x} at character {e.start + 1}); "
+                        f"give UTF-8 text (check the terminal's or the file's encoding)") from None
+    return value
+
+
 def sampling_kwargs(args, n: int = 1) -> dict:
+    for s in args.stop or []:
+        text_argument(s, "--stop")
+        if not s:
+            raise SrlmError("--stop '': an empty stop string matches at once, so every completion would be empty; "
+                            "give the text to stop at")
     temperature = args.temperature if args.temperature is not None else (0.8 if n > 1 else 0.0)
     return dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k or None,
                 top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
@@ -64,12 +88,14 @@ def load_engine(args):
 
     from srlm.infer.engine import Engine
     from srlm.infer.quant import load_for_inference
+    from srlm.model.checkpoint import check_finite
 
     if args.threads is not None:
         if args.threads < 1:
             raise SrlmError(f"--threads {args.threads}: give a positive number of threads")
         torch.set_num_threads(args.threads)
     model, tokenizer = load_for_inference(args.path, dtype=args.dtype, quantize=args.quantize)
+    check_finite(model, args.path, allow=args.allow_nonfinite)
     if tokenizer is None:
         raise SrlmError(f"{args.path}: no tokenizer.json, so text prompts cannot be encoded; "
                         f"save the checkpoint with its tokenizer")
@@ -86,6 +112,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    text_argument(args.prompt, "--prompt")
     engine = load_engine(args)
     if args.chat and not engine.tokenizer.has_chat_template:
         raise SrlmError(f"{args.path}: --chat needs a chat template, and this checkpoint's tokenizer has none "

@@ -323,6 +323,9 @@ class Engine:
             raise SrlmError("stop strings and stop conditions work on text: create the Engine with a tokenizer")
         if isinstance(stop_strings, str):
             raise SrlmError("stop_strings must be a list of strings, e.g. ['\\n\\n'], not one string")
+        if stop_strings and any(not s for s in stop_strings):
+            raise SrlmError("stop_strings: an empty stop string matches at once, so every completion would be "
+                            "empty; remove it")
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,7 @@ class ModelConfig:
     # ------------------------------------------------------------------ checks
     def validate(self, source: str = "config") -> None:
         def bad(field_: str, msg: str):
-            raise SrlmError(f"{source}: field {field_!r} {msg}")
+            raise _FieldError(source, field_, msg)
 
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             bad("model_type", f"is {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
@@ -91,7 +93,7 @@ class ModelConfig:
             rtype = rs.get("rope_type", rs.get("type", "default"))
             if rtype not in SUPPORTED_ROPE_TYPES:
                 bad("rope_scaling.rope_type", f"is {rtype!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
-            if rtype in ("linear", "llama3") and not (float(rs.get("factor", 0)) > 0):
+            if rtype in ("linear", "llama3") and not (_is_number(rs.get("factor")) and rs["factor"] > 0):
                 bad("rope_scaling.factor", f"must be > 0, got {rs.get('factor')!r}")
             if rtype == "llama3":
                 for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
@@ -130,10 +132,17 @@ class ModelConfig:
     # ------------------------------------------------------------------ HF I/O
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise SrlmError(f"{source}: expected a JSON object of model fields, got {type(d).__name__}")
         d = dict(d)
         mt = d.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
             raise SrlmError(f"{source}: model_type {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        missing = [k for k in REQUIRED_FIELDS if k not in d]
+        if missing:
+            raise SrlmError(f"{source}: required field(s) {', '.join(map(repr, missing))} missing; a model's "
+                            f"config.json states its shape (srlm does not guess it)")
+        _check_types(cls, d, source)
         # transformers-5 layout folds theta and scaling into rope_parameters
         rope_params = d.pop("rope_parameters", None)
         rope_scaling = d.pop("rope_scaling", None)
@@ -154,6 +163,8 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "rope_scaling", "rope_theta", "dtype"}
         kwargs = {k: d.pop(k) for k in list(d) if k in known}
         share = d.pop("srlm_layer_share", 1)
+        if not isinstance(share, int) or isinstance(share, bool) or share < 1:
+            raise SrlmError(f"{source}: field 'srlm_layer_share' must be a positive integer, got {share!r}")
         if share > 1:
             # stored expanded: num_hidden_layers counts applied layers; srlm keeps the unique blocks
             kwargs["num_hidden_layers"] = kwargs["num_hidden_layers"] // share
@@ -162,13 +173,20 @@ class ModelConfig:
             kwargs.setdefault("attention_bias", False)
         if d.get("use_sliding_window"):
             raise SrlmError(f"{source}: use_sliding_window=true is not supported")
-        return cls(
-            rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
-            rope_scaling=rope_scaling,
-            dtype=str(dtype).replace("torch.", ""),
-            extra=d,
-            **kwargs,
-        )
+        if rope_theta is not None and not _is_number(rope_theta):
+            raise SrlmError(f"{source}: field 'rope_theta' must be a number, got {rope_theta!r}")
+        if not isinstance(dtype, str):
+            raise SrlmError(f"{source}: field 'torch_dtype' must be a string such as \"bfloat16\", got {dtype!r}")
+        try:
+            return cls(
+                rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
+                rope_scaling=rope_scaling,
+                dtype=str(dtype).replace("torch.", ""),
+                extra=d,
+                **kwargs,
+            )
+        except _FieldError as e:
+            raise SrlmError(f"{source}: field {e.field!r} {e.problem}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":
@@ -223,3 +241,52 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+#: fields a config.json must give: the model's shape (transformers' class defaults are no guide to a checkpoint)
+REQUIRED_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+class _FieldError(SrlmError):
+    """A field out of range; `from_hf_dict` re-raises it naming the file."""
+
+    def __init__(self, source: str, field_: str, problem: str):
+        super().__init__(f"{source}: field {field_!r} {problem}")
+        self.field, self.problem = field_, problem
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(cls, d: dict[str, Any], source: str) -> None:
+    """Each known field of a config.json has its JSON type: `"rope_theta": "abc"` or `"tie_word_embeddings":
+    "false"` is refused naming the file and field, not turned into a traceback or a silently wrong model."""
+    checks = {int: (_is_int, "an integer"), float: (_is_number, "a number"), str: (lambda v: isinstance(v, str), "a string"),
+              bool: (lambda v: isinstance(v, bool), "true or false")}
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        if name == "eos_token_id":
+            ok = value is None or _is_int(value) or (isinstance(value, list) and all(map(_is_int, value)))
+            if not ok:
+                raise SrlmError(f"{source}: field 'eos_token_id' must be an integer, a list of integers or null, "
+                                f"got {value!r}")
+            continue
+        if name in ("rope_scaling", "rope_parameters"):
+            if value is not None and not isinstance(value, dict):
+                raise SrlmError(f"{source}: field {name!r} must be an object or null, got {value!r}")
+            continue
+        if name not in hints or name in ("extra", "dtype"):
+            continue
+        tp = hints[name]
+        nullable = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+        base = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if nullable else tp
+        if base not in checks or (value is None and nullable):
+            continue
+        test, what = checks[base]
+        if not test(value):
+            raise SrlmError(f"{source}: field {name!r} must be {what}{' or null' if nullable else ''}, got {value!r}")
