@@ -10,7 +10,6 @@ file that a later run may reuse, so that a kill mid-write never leaves a truncat
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -115,11 +114,7 @@ def find_file(data: str | Path, candidates: list[str], what: str, exts: tuple[st
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write `text` to `path` through a temporary file in the same folder, flushed, then renamed (`srlm.atomic`)."""
+    from srlm.atomic import write_text_atomic as write
+
+    write(path, text)

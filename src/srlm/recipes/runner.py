@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from srlm.atomic import atomic_folder, write_text_atomic
 from srlm.errors import SrlmError
 
 TRAIN_KINDS = ("pretrain", "sft", "kd", "grpo")
@@ -242,7 +243,8 @@ class Runner:
             msgs = example_to_messages(ex)
             texts.append("\n".join(f"{m['role']}\n{m['content']}" for m in msgs))
         tok = train_bpe(texts, int(opts.get("vocab_size", 512)))
-        tok.save(folder)
+        with atomic_folder(folder) as tmp:  # a kill mid-save must not leave a tokenizer.json without its config
+            tok.save(tmp)
         self.log(f"[tokenizer] trained BPE with {tok.vocab_size} ids on {len(texts)} problems "
                  f"in {time.perf_counter() - t0:.1f}s -> {folder}")
         return folder
@@ -325,7 +327,7 @@ class Runner:
         results = eval_cli.run(parser.parse_args(self.eval_argv(checkpoint, out_json)))
         m = results["tasks"][self.task_name]
         dt = time.perf_counter() - t0
-        seconds.write_text(f"{dt:.3f}\n")
+        write_text_atomic(seconds, f"{dt:.3f}\n")
         self.log(f"[{name}] eval: accuracy {100 * m['accuracy']:.1f}% on {m.get('n')} held-out problems ({dt:.0f}s)")
         return m, dt
 
@@ -451,7 +453,7 @@ class Runner:
 
             last = next((r for r in reversed(read_log(info["log"])) if "reward_errors" in r), {})
             info["notes"].update({k: int(last[k]) for k in ("reward_errors", "verifier_timeouts") if k in last})
-        marker.write_text(json.dumps(info, indent=2) + "\n")
+        write_text_atomic(marker, json.dumps(info, indent=2) + "\n")
         return stage_dir / "final", info
 
 
