@@ -140,21 +140,26 @@ def _size(path: Path) -> int:
     return total
 
 
-def no_space_error(path: Path, tmp: Path | None = None) -> SrlmError:
+class NoSpaceError(SrlmError):
+    """The disk filled up during a save; the partial copy has been removed."""
+
+
+def no_space_error(path: Path, tmp: Path | None = None,
+                   hint: str = "free some space (or choose another output folder) and run again") -> NoSpaceError:
     written = f" ({_size(tmp) / 2**20:.1f} MiB had been written)" if tmp is not None and tmp.exists() else ""
     kept = f"; the previous {path.name} is kept" if path.exists() else ""
-    return SrlmError(f"no space left on device while saving {path}{written}; removed the partial copy{kept}. "
-                     f"Free some space (or choose another output folder) and run again")
+    return NoSpaceError(f"no space left on device while saving {path}{written}; removed the partial copy{kept}; "
+                        f"{hint}")
 
 
 # ----------------------------------------------------------------------------- writers
 
 @contextlib.contextmanager
-def atomic_folder(path: str | Path) -> Iterator[Path]:
+def atomic_folder(path: str | Path, no_space_hint: str | None = None) -> Iterator[Path]:
     """`with atomic_folder(path) as tmp:` fill `tmp`; on a clean exit it becomes `path` (durably).
 
-    On an error the partial `tmp` is removed and `path` is left as it was; a full disk becomes an
-    `SrlmError` naming `path`.
+    On an error the partial `tmp` is removed and `path` is left as it was; a full disk becomes a
+    `NoSpaceError` naming `path` (ending with `no_space_hint`, what the user can do).
     """
     path = Path(path)
     try:
@@ -170,7 +175,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except BaseException as e:
         full = not isinstance(e, SrlmError) and disk_full(e, tmp.parent)
         if full:
-            err = no_space_error(path, tmp)
+            err = no_space_error(path, tmp, **({"hint": no_space_hint} if no_space_hint else {}))
         shutil.rmtree(tmp, ignore_errors=True)
         if full:
             raise err from None

@@ -95,7 +95,10 @@ def write_checkpoint(path: Path, model, tokenizer, config_yaml: str, meta: dict,
     """Write a checkpoint (or `final/` when `training_state` is None) atomically, its manifest last."""
     from srlm.model.checkpoint import write_folder
 
-    with atomic_folder(path) as tmp:
+    previous = [c for c in list_checkpoints(path.parent) if c != path]
+    hint = (f"the newest checkpoint, {previous[-1].name}, is intact: make room, then resume (--resume)" if previous
+            else "make room (or choose another out_dir) and run again")
+    with atomic_folder(path, no_space_hint=hint) as tmp:
         write_folder(model, tmp, tokenizer=tokenizer, extra_files={"train_config.yaml": config_yaml})
         if write_extra is not None:
             write_extra(tmp)

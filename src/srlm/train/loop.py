@@ -322,6 +322,8 @@ class Trainer:
         self.dist.barrier()  # every rank has chosen before rank 0 renames anything
         if damaged and self.dist.main:
             ckpt_io.set_aside(damaged, ckpt)
+        if self.dist.main and ckpt.parent.resolve() == self.out.resolve():
+            ckpt_io.rotate(self.out, ckpt, self.config.keep_last)  # a kill may have come between a save and its rotation
         step, position = loaded
         return ckpt, step, position
 
