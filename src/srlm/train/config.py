@@ -87,7 +87,7 @@ class TrainConfig:
     device: str = "auto"
     #: shard parameters, gradients and optimizer state across ranks with FSDP2 (models too big for one device)
     fsdp: bool = False
-    #: show a tqdm progress bar on rank 0
+    #: show progress on rank 0: a live bar in a terminal, plain lines (about 20 a run) in a log
     progress: bool = True
 
 
