@@ -9,7 +9,8 @@ import yaml
 
 from srlm.errors import SrlmError
 from srlm.model import CausalLM, preset, save
-from srlm.recipes.runner import Runner, builtin_recipes, load_recipe
+from srlm.recipes.recipe import builtin_recipes, load_recipe
+from srlm.recipes.runner import Runner
 from srlm.tokenizer import Tokenizer
 
 from _train_fixtures import make_tokenizer

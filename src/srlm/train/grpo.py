@@ -15,7 +15,7 @@ for that completion; the run goes on and the counts are logged (`reward_errors`,
 `verifier_timeouts`). Logged per step: reward, accuracy, format, completion length, truncated
 fraction, clip fraction, KL, entropy, generation vs optimisation seconds.
 
-    srlm train grpo --config src/srlm/recipes/grpo-tiny.yaml init_from=runs/sft/final
+    srlm train grpo --config src/srlm/recipes/configs/grpo-tiny.yaml init_from=runs/sft/final
 
 `batch_size` counts completions per optimizer step (prompts x num_generations). Rollouts are
 made in `before_step` every `num_iterations` steps; the loop then runs its micro-batches over

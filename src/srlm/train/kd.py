@@ -15,7 +15,7 @@ Supports:
 The teacher must share the student's tokenizer (same vocabulary and the same ids for a probe
 string); otherwise the run is refused with an `SrlmError`.
 
-    srlm train kd --config src/srlm/recipes/kd-tiny.yaml teacher=runs/teacher/final init_from=runs/sft/final
+    srlm train kd --config src/srlm/recipes/configs/kd-tiny.yaml teacher=runs/teacher/final init_from=runs/sft/final
 """
 
 from __future__ import annotations

@@ -472,7 +472,7 @@ class Trainer:
 
         from srlm.progress import Progress
 
-        bar = Progress(cfg.steps, desc=self.stage_name, initial=step, enabled=dist.main and cfg.progress,
+        bar = Progress(cfg.steps, desc=self.out.name or self.stage_name, initial=step, enabled=dist.main and cfg.progress,
                        every=cfg.log_every * max(1, -(-(cfg.steps - step) // (20 * cfg.log_every))))
         window_losses: list[torch.Tensor] = []
         window_stats: dict[str, list] = {}

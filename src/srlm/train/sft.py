@@ -12,7 +12,7 @@ adapter. Data order is a pure function of (seed, micro-batch index), so resume i
 life of the process (keyed by the tokenizer's content and the data options), so the stages of one
 `srlm run` pipeline (teacher, SFT, KD on the same data) tokenize it once.
 
-    srlm train sft --config src/srlm/recipes/sft-tiny.yaml [key=value ...]
+    srlm train sft --config src/srlm/recipes/configs/sft-tiny.yaml [key=value ...]
 """
 
 from __future__ import annotations
