@@ -10,7 +10,6 @@ substituted and every stage checked, or raises `SrlmError` naming the file and t
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import re
 from importlib import resources
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from srlm.errors import SrlmError
+from srlm.errors import SrlmError, did_you_mean
 
 TRAIN_KINDS = ("pretrain", "sft", "kd", "grpo")
 KINDS = TRAIN_KINDS + ("eval",)
@@ -45,9 +44,7 @@ def find_recipe(name: str) -> Path:
     candidate = _pipelines() / f"{name}.yaml"
     if not candidate.is_file():
         known = builtin_recipes()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SrlmError(f"unknown recipe {name!r}.{hint} Built-in recipes: {', '.join(known)}; or give a YAML path")
+        raise SrlmError(f"unknown recipe {name!r}.{did_you_mean(name, known)} Built-in recipes: {', '.join(known)}; or give a YAML path")
     return Path(str(candidate))
 
 
@@ -150,9 +147,7 @@ def _validate(recipe: dict, where: str) -> None:
             raise SrlmError(f"{where}: stage {s['name']!r} has unknown key(s) {', '.join(sorted(bad))}; "
                             f"known: {', '.join(sorted(STAGE_KEYS))}")
         if s["kind"] not in KINDS:
-            close = difflib.get_close_matches(s["kind"], KINDS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise SrlmError(f"{where}: stage {s['name']!r} has unknown kind {s['kind']!r}.{hint} "
+            raise SrlmError(f"{where}: stage {s['name']!r} has unknown kind {s['kind']!r}.{did_you_mean(s['kind'], KINDS)} "
                             f"Kinds: {', '.join(KINDS)}")
         if s["name"] in seen or s["name"] in ("evals", "tokenizer", "init", "model", "final"):
             raise SrlmError(f"{where}: stage name {s['name']!r} is repeated or reserved; give each stage its own name")

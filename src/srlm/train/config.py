@@ -13,7 +13,6 @@ is defined.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from srlm.errors import SrlmError
+from srlm.errors import SrlmError, did_you_mean
 
 
 @dataclass
@@ -168,8 +167,7 @@ def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = ""
         dotted = f"{prefix}{key}"
         where = f"{source}:{lines[dotted]}" if dotted in lines else source
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = did_you_mean(key, names, prefix=prefix, cutoff=0.5)
             raise SrlmError(f"{where}: unknown {cls.__name__} key {dotted!r}.{hint} "
                             f"Known keys: {', '.join(prefix + n for n in names)}")
         tp = hints[key]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from srlm.data.collate import pad_right
+
 
 @torch.no_grad()
 def sample(policy, tokenizer, prompts: list[list[int]], **generate_kwargs) -> list:
@@ -32,13 +34,8 @@ def sample(policy, tokenizer, prompts: list[list[int]], **generate_kwargs) -> li
 def pad_rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [R, L], mask [R, L - 1]) for prompt + completion rows; see the module docstring."""
-    lens = [len(p) + len(c) for p, c in zip(prompts, completions)]
-    L = max(lens)
-    ids = torch.full((len(lens), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(lens), L - 1, dtype=torch.bool)
+    ids = pad_right([list(p) + list(c) for p, c in zip(prompts, completions)], pad_id)
+    mask = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
     for r, (p, c) in enumerate(zip(prompts, completions)):
-        ids[r, :len(p)] = torch.tensor(p)
-        if c:
-            ids[r, len(p):lens[r]] = torch.tensor(c)
-            mask[r, len(p) - 1:lens[r] - 1] = True
+        mask[r, len(p) - 1:len(p) + len(c) - 1] = True
     return (ids, mask) if device is None else (ids.to(device), mask.to(device))
