@@ -137,9 +137,9 @@ def test_cli_writes_metrics_and_records(tmp_path, monkeypatch):
     assert cli.main(args) == 0
     res = json.loads(out.read_text())
     assert res["tasks"]["gsm8k"]["accuracy"] == 1.0 and res["tasks"]["glue-sst2"]["accuracy"] == 1.0
-    assert res["glue"]["tasks"] == 8 and "score" in res["glue"]
+    assert res["glue"]["tasks"] == 9 and "score" in res["glue"]  # all nine, QQP included
     recs = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert len(recs) == 5 * 9 and recs[0]["task"] == "gsm8k" and recs[0]["correct"]
+    assert len(recs) == 5 * 10  # gsm8k and the nine GLUE tasks and recs[0]["task"] == "gsm8k" and recs[0]["correct"]
 
 
 def test_cli_rejects_unknown_task_before_loading_a_model(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from srlm.infer import Engine
 from srlm.infer.decode import FusedDecoder
 from srlm.infer.quant import quantize_model
 from srlm.model import CausalLM, preset
+from srlm.model.config import FAMILIES, Traits
 from srlm.model.cache import KVCache
 from srlm.train.lora import LoRAConfig, apply_lora
 
@@ -163,3 +164,57 @@ def test_upcast_linear_keeps_names_and_runs_many_rows_in_fp32(monkeypatch):
     assert torch.equal(layer(many), torch.nn.functional.linear(many.float(), w.float()).bfloat16())  # fp32 math
     fused = _compare(model, [[5, 6, 7], [8, 9, 10, 11]], steps=3, atol=0.1)  # bf16 rounding on both paths
     assert fused.layers[0]["qkv"].weight is not None  # still fused
+
+
+# ---- family traits: every row of the table decodes right, and a trait the fused step lacks is refused
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_decodes_fused_as_its_forward(family):
+    model = _model(model_type=family)
+    assert FusedDecoder.supported(model)
+    _compare(model, [[5, 6, 7, 8, 9], [10, 11]])
+
+
+@pytest.fixture
+def extra_families(monkeypatch):
+    monkeypatch.setitem(FAMILIES, "gemma-like", Traits(norm_offset=1.0, activation="gelu_pytorch_tanh",
+                                                       scale_embeddings=True))
+    monkeypatch.setitem(FAMILIES, "pairs-rope", Traits(rope="interleaved"))
+
+
+def test_fused_step_implements_offset_norms_gelu_and_embedding_scale(extra_families):
+    model = _model(model_type="gemma-like")
+    assert model.model.norm.offset == 1.0 and model.model.embed_scale is not None
+    fused = _compare(model, [[5, 6, 7, 8, 9], [10, 11]])
+    assert fused.layers[0]["qkv"].weight is not None
+
+
+def test_a_trait_the_fused_step_lacks_is_refused_once_and_decoding_stays_right(extra_families):
+    from srlm.infer.decode import decode_step
+
+    model = _model(model_type="pairs-rope")
+    FusedDecoder._warned.clear()
+    with pytest.warns(UserWarning, match="does not implement rope='interleaved'"):
+        assert not FusedDecoder.supported(model)
+    # the engine falls back to the model's forward: greedy tokens equal a plain forward loop
+    prompt = [5, 6, 7, 8]
+    got = Engine(model).generate([prompt], max_new_tokens=8, temperature=0, stop_token_ids=[])[0][0].token_ids
+    ids = torch.tensor([prompt])
+    want = []
+    with torch.no_grad():
+        for _ in range(8):
+            nxt = int(model(ids)[0, -1].argmax())
+            want.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    assert got == want
+    # the static (compilable) step reads the same traits
+    with torch.no_grad():
+        cache = KVCache.for_model(model, 1, 8)
+        ref = model(torch.tensor([prompt]), kv_cache=cache)
+        k, v = cache.k.clone(), cache.v.clone()
+        mask = torch.zeros(1, 8, dtype=torch.bool)
+        mask[0, :5] = True
+        step = decode_step(model, torch.tensor([want[0]]), torch.tensor([4]), k, v, mask, torch.tensor([4]))
+        full = model(torch.tensor([prompt + [want[0]]]))[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
+    assert ref.shape[1] == 4

@@ -8,7 +8,7 @@ from srlm.train.config import load_config, parse_overrides, to_yaml
 from srlm.train.pretrain import PretrainConfig
 from srlm.train.sft import SFTConfig
 
-RECIPES = Path(__file__).resolve().parents[1] / "src" / "srlm" / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "srlm" / "recipes" / "configs"
 
 
 def test_overrides_are_yaml_scalars_and_nested():

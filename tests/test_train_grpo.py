@@ -114,7 +114,7 @@ def test_shipped_stage_configs_load():
 
     from srlm.train.kd import KDConfig
 
-    recipes = Path(__file__).resolve().parents[1] / "src" / "srlm" / "recipes"
+    recipes = Path(__file__).resolve().parents[1] / "src" / "srlm" / "recipes" / "configs"
     g = load_config(GRPOConfig, recipes / "grpo-tiny.yaml")
     k = load_config(KDConfig, recipes / "kd-tiny.yaml")
     assert g.batch_size % g.num_generations == 0 and g.loss_type == "dapo"

@@ -9,3 +9,11 @@ are for bugs.
 
 class SrlmError(Exception):
     """A mistake in user input: the message says what is wrong and how to fix it."""
+
+
+def did_you_mean(name: object, known, prefix: str = "", cutoff: float = 0.6) -> str:
+    """` Did you mean 'x'?` for the known name closest to `name`, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=cutoff)
+    return f" Did you mean {prefix}{close[0]!r}?" if close else ""

@@ -12,11 +12,10 @@ Adding a task is one file: subclass `Task`, decorate it with `@register`.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from srlm.errors import SrlmError
+from srlm.errors import SrlmError, did_you_mean
 
 
 @dataclass
@@ -115,9 +114,7 @@ def get_task(name: str, **kwargs) -> Task:
     """Instantiate a registered task by name; unknown names list the known ones."""
     _import_builtin_tasks()
     if name not in TASKS:
-        close = difflib.get_close_matches(name, list(TASKS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SrlmError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(sorted(TASKS))}")
+        raise SrlmError(f"unknown task {name!r}.{did_you_mean(name, TASKS)} Known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name](**kwargs)
 
 

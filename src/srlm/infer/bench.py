@@ -37,7 +37,9 @@ def add_arguments(p) -> None:
     p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                    help="change a preset field, e.g. num_hidden_layers=4 (repeatable)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the checkpoint's; bfloat16 for presets)")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="also measure int8 weight-only srlm")
+    from srlm.infer.quant import QUANT_MODES
+
+    p.add_argument("--quantize", choices=list(QUANT_MODES), default=None, help="also measure int8 or int4 weight-only srlm")
     p.add_argument("--compile", action="store_true",
                    help="also measure the torch.compile'd decode step (needs --rounds >= 2: round 1 compiles)")
     p.add_argument("--compare", choices=["hf"], default=None, help="also run transformers' generate, alternating")

@@ -17,8 +17,11 @@ from srlm.errors import SrlmError
 
 def add_model_arguments(p) -> None:
     p.add_argument("path", help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8 weight-only Linear layers (per-output-channel scales), applied at load")
+    from srlm.infer.quant import QUANT_MODES
+
+    p.add_argument("--quantize", choices=list(QUANT_MODES), default=None,
+                   help="weight-only Linear layers, applied at load: int8 (per-output-channel scales) or int4 "
+                        "(groups of 32 with scale and zero point)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: as saved; bfloat16 with --quantize)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--allow-nonfinite", action="store_true",

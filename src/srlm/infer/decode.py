@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from srlm.infer.quant import UPCAST_MIN_ROWS, Int8Linear, UpcastLinear, upcast_linear
 from srlm.model.cache import KVCache
-from srlm.model.transformer import apply_rope, rope_inv_freq
+from srlm.model.transformer import ACT_FNS, apply_rope, rope_inv_freq
 
 
 def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -141,15 +141,38 @@ class FusedDecoder:
         self.inter = c.intermediate_size
         self.eps = c.rms_norm_eps
         self.share = c.layer_share
+        t = c.traits
+        self.norm_offset, self.act = t.norm_offset, ACT_FNS[t.activation]
+        self.embed_scale = math.sqrt(c.hidden_size) if t.scale_embeddings else None
         self._key = None
         self._rope = None
         self._views = (None, None)
 
-    @staticmethod
-    def supported(model) -> bool:
+    #: trait values this step implements (see srlm.model.config.Traits); a model with any other value
+    #: is refused, with a one-time warning, and decodes through its own forward instead
+    IMPLEMENTS = {"rope": ("half",), "activation": tuple(ACT_FNS)}
+    _warned: set = set()
+
+    @classmethod
+    def unsupported_traits(cls, config) -> list[str]:
+        t = config.traits
+        return [f"{k}={getattr(t, k)!r}" for k, ok in cls.IMPLEMENTS.items() if getattr(t, k) not in ok]
+
+    @classmethod
+    def supported(cls, model) -> bool:
         inner = getattr(model, "model", None)
-        return (inner is not None and hasattr(inner, "layers") and isinstance(getattr(inner, "embed_tokens", None), nn.Embedding)
-                and all(type(p) in (nn.Parameter, torch.Tensor) for p in model.parameters()))
+        if not (inner is not None and hasattr(inner, "layers") and isinstance(getattr(inner, "embed_tokens", None), nn.Embedding)
+                and all(type(p) in (nn.Parameter, torch.Tensor) for p in model.parameters())):
+            return False
+        refused = cls.unsupported_traits(model.config)
+        if refused:
+            key = (model.config.model_type, tuple(refused))
+            if key not in cls._warned:
+                cls._warned.add(key)
+                warnings.warn(f"the fused decode step does not implement {', '.join(refused)} "
+                              f"({model.config.model_type}); decoding through the model's own forward", stacklevel=2)
+            return False
+        return True
 
     def _version(self):
         return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
@@ -175,6 +198,11 @@ class FusedDecoder:
         self._c_hidden = torch.tensor(self.hidden * self.eps, dtype=torch.float32, device=dev)
         self._c_head = torch.tensor(d * self.eps, dtype=torch.float32, device=dev)
         scale = 1.0 / math.sqrt(d)
+        off = self.norm_offset
+
+        def gain(norm):  # what a RMSNorm multiplies by, in fp32
+            return norm.weight.float() + off
+
         self.layers = []
         for layer in inner.layers:
             a, mlp = layer.self_attn, layer.mlp
@@ -182,20 +210,20 @@ class FusedDecoder:
             if a.q_norm is not None:
                 # q/k RMSNorm over the head dimension: one norm over q and k heads, weights per head row;
                 # 1/sqrt(d) goes into q's norm weight (a norm would undo it if folded before)
-                qk_norm = (torch.cat([(a.q_norm.weight.float() * scale).expand(self.n_heads, d),
-                                      a.k_norm.weight.float().expand(self.n_kv, d)]) * math.sqrt(d)).to(self.dtype)
+                qk_norm = (torch.cat([(gain(a.q_norm) * scale).expand(self.n_heads, d),
+                                      gain(a.k_norm).expand(self.n_kv, d)]) * math.sqrt(d)).to(self.dtype)
             else:
                 n_q = a.q_proj.out_features
                 qkv_rows = torch.ones(n_q + a.k_proj.out_features + a.v_proj.out_features, device=dev)
                 qkv_rows[:n_q] = scale
             self.layers.append(dict(
-                qkv=_Proj([a.q_proj, a.k_proj, a.v_proj], layer.input_layernorm.weight.float() * root, qkv_rows),
+                qkv=_Proj([a.q_proj, a.k_proj, a.v_proj], gain(layer.input_layernorm) * root, qkv_rows),
                 qk_norm=qk_norm,
                 o=_Proj([a.o_proj]),
-                gate_up=_Proj([mlp.gate_proj, mlp.up_proj], layer.post_attention_layernorm.weight.float() * root),
+                gate_up=_Proj([mlp.gate_proj, mlp.up_proj], gain(layer.post_attention_layernorm) * root),
                 down=_Proj([mlp.down_proj]),
             ))
-        self.head = _Proj([m.lm_head], inner.norm.weight.float() * root)
+        self.head = _Proj([m.lm_head], gain(inner.norm) * root)
         projs = [self.head] + [L[k] for L in self.layers for k in ("qkv", "o", "gate_up", "down")]
         if (dev.type == "cpu" and all(p.weight is not None and p.weight.dtype == torch.float32 and p.linear is F.linear
                                       for p in projs)
@@ -242,6 +270,8 @@ class FusedDecoder:
             raise RuntimeError(f"KV cache overflow: {t + 1} > {cache.max_len} slots")
         ks, vs = self._cache_views(cache)
         x = F.embedding(tok, self.embed)  # (b, hidden)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         cs = self._rope[pos]  # (b, 2, d)
         rot = torch.diag_embed(cs.select(1, 0)).addcmul_(self._perm, cs.narrow(1, 1, 1))  # (b, d, d)
         if bias is not None:
@@ -267,7 +297,7 @@ class FusedDecoder:
                 out = torch.matmul(probs, vc.narrow(2, 0, t + 1))  # (b, KV, g, d)
                 x = L["o"].add_into(x, out.view(b, H * d))
                 gu = L["gate_up"](self._rms(x, ch))
-                x = L["down"].add_into(x, F.silu(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
+                x = L["down"].add_into(x, self.act(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
                 idx += 1
         cache.advance(1)
         return self.head(self._rms(x, ch))
@@ -280,7 +310,7 @@ def decode_step(model, tok: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tens
     inner = model.model
     cfg = model.config
     b = tok.shape[0]
-    x = inner.embed_tokens(tok[:, None])
+    x = inner.embed(tok[:, None])
     cos, sin = inner.rotary_emb(x, pos[:, None])
     bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, float("-inf"))
     bias = bias[:, None, None, :]
@@ -295,8 +325,8 @@ def decode_step(model, tok: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tens
             v = attn.v_proj(h).view(b, 1, kv, d).transpose(1, 2)
             if attn.q_norm is not None:
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            q = apply_rope(q.transpose(1, 2), cos, sin)
-            k = apply_rope(k.transpose(1, 2), cos, sin)
+            q = apply_rope(q.transpose(1, 2), cos, sin, attn.rope)
+            k = apply_rope(k.transpose(1, 2), cos, sin, attn.rope)
             kc, vc = k_cache[idx], v_cache[idx]
             kc.index_copy_(2, slot, k)
             vc.index_copy_(2, slot, v)

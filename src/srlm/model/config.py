@@ -1,7 +1,8 @@
 """Model configuration: one dataclass that reads and writes Hugging Face `config.json`.
 
 `ModelConfig` holds exactly the fields the decoder needs, under Hugging Face's
-names, for the Llama, Qwen2 and Qwen3 families. `from_hf_dict` accepts both
+names, for the Llama, Qwen2 and Qwen3 families; what each family computes differently
+(norm, activation, q/k norm, biases, embedding scale, rotary layout) is one row of `FAMILIES`. `from_hf_dict` accepts both
 layouts found in the wild: transformers-4 (`rope_theta`, `rope_scaling`) and
 transformers-5 (`rope_parameters`); `to_hf_dict` writes a config that both
 transformers generations load. Validation errors name the field and the file.
@@ -19,8 +20,40 @@ from typing import Any
 
 from srlm.errors import SrlmError
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+#: gated-MLP activations, by Hugging Face's `hidden_act` names
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What a model family computes beyond its sizes. Every forward (`CausalLM`, the engine's fused
+    decode step, the static decode step) reads these; a fast path that does not implement a trait
+    refuses the model and the plain forward runs instead."""
+
+    #: RMSNorm multiplies by (norm_offset + weight): 0 for Llama / Qwen, 1 for Gemma-style norms
+    norm_offset: float = 0.0
+    #: the gated MLP's activation, act(gate) * up (a name from ACTIVATIONS; None: the config's hidden_act)
+    activation: str | None = None
+    #: RMSNorm over each head of q and k before the rotary embedding
+    qk_norm: bool = False
+    #: bias on q/k/v and on o_proj: fixed by the family, or None for the config's `attention_bias`
+    qkv_bias: bool | None = None
+    o_bias: bool | None = None
+    #: embeddings multiplied by sqrt(hidden_size) before the first layer
+    scale_embeddings: bool = False
+    #: rotary layout: "half" rotates the two halves of each head (Hugging Face), "interleaved" pairs
+    #: neighbouring dimensions (GPT-J)
+    rope: str = "half"
+
+
+#: model_type -> its traits: the one table of family behaviour
+FAMILIES: dict[str, Traits] = {
+    "llama": Traits(),
+    "qwen2": Traits(qkv_bias=True, o_bias=False),
+    "qwen3": Traits(qk_norm=True),
+}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -69,8 +102,8 @@ class ModelConfig:
         def bad(field_: str, msg: str):
             raise _FieldError(source, field_, msg)
 
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            bad("model_type", f"is {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        if self.model_type not in FAMILIES:
+            bad("model_type", f"is {self.model_type!r}; supported: {', '.join(FAMILIES)}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "layer_share"):
             v = getattr(self, name)
@@ -84,8 +117,8 @@ class ModelConfig:
             bad("rms_norm_eps", f"must be > 0, got {self.rms_norm_eps!r}")
         if not (self.rope_theta > 0):
             bad("rope_theta", f"must be > 0, got {self.rope_theta!r}")
-        if self.hidden_act != "silu":
-            bad("hidden_act", f"is {self.hidden_act!r}; only 'silu' (SwiGLU) is supported")
+        if self.hidden_act not in ACTIVATIONS:
+            bad("hidden_act", f"is {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             bad("dtype", f"is {self.dtype!r}; use float32, bfloat16 or float16")
         rs = self.rope_scaling
@@ -108,16 +141,25 @@ class ModelConfig:
         return self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
 
     @property
+    def traits(self) -> Traits:
+        """The family's traits with the config's own choices filled in (biases, activation)."""
+        t = FAMILIES[self.model_type]
+        return dataclasses.replace(
+            t, activation=t.activation or self.hidden_act,
+            qkv_bias=self.attention_bias if t.qkv_bias is None else t.qkv_bias,
+            o_bias=self.attention_bias if t.o_bias is None else t.o_bias)
+
+    @property
     def qkv_bias(self) -> bool:
-        return self.model_type == "qwen2" or self.attention_bias
+        return self.traits.qkv_bias
 
     @property
     def o_bias(self) -> bool:
-        return self.model_type != "qwen2" and self.attention_bias
+        return self.traits.o_bias
 
     @property
     def qk_norm(self) -> bool:
-        return self.model_type == "qwen3"
+        return self.traits.qk_norm
 
     @property
     def effective_layers(self) -> int:
@@ -136,8 +178,8 @@ class ModelConfig:
             raise SrlmError(f"{source}: expected a JSON object of model fields, got {type(d).__name__}")
         d = dict(d)
         mt = d.get("model_type")
-        if mt not in SUPPORTED_MODEL_TYPES:
-            raise SrlmError(f"{source}: model_type {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        if mt not in FAMILIES:
+            raise SrlmError(f"{source}: model_type {mt!r} is not supported; supported: {', '.join(FAMILIES)}")
         missing = [k for k in REQUIRED_FIELDS if k not in d]
         if missing:
             raise SrlmError(f"{source}: required field(s) {', '.join(map(repr, missing))} missing; a model's "

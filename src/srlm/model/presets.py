@@ -8,9 +8,8 @@ size; `-ls` variants share each block between two consecutive layers.
 
 from __future__ import annotations
 
-import difflib
 
-from srlm.errors import SrlmError
+from srlm.errors import SrlmError, did_you_mean
 from srlm.model.config import ModelConfig
 
 PRESETS: dict[str, dict] = {
@@ -59,7 +58,5 @@ PRESETS: dict[str, dict] = {
 
 def preset(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SrlmError(f"unknown model preset {name!r}.{hint} Presets: {', '.join(PRESETS)}")
+        raise SrlmError(f"unknown model preset {name!r}.{did_you_mean(name, PRESETS)} Presets: {', '.join(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides})

@@ -30,17 +30,25 @@ from srlm.model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """x / rms(x) * (offset + weight); `offset` is the family's `norm_offset` (0, or 1 for Gemma-style)."""
+
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
         self.variance_epsilon = eps
+        self.offset = offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # normalise in fp32 and scale in the input dtype, exactly as transformers does
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        if self.offset:
+            return (x * (self.offset + self.weight.float())).to(dtype)
         return self.weight * x.to(dtype)
+
+
+ACT_FNS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
@@ -80,8 +88,20 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = "half") -> torch.Tensor:
+    """Rotary embedding of x (b, heads, t, d) with cos/sin (b, t, d) in the "half" layout; "interleaved"
+    rotates neighbouring pairs (cos/sin repeated per pair)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    if layout == "interleaved":
+        half = cos.shape[-1] // 2
+        cos = cos[..., :half].repeat_interleave(2, dim=-1)
+        sin = sin[..., :half].repeat_interleave(2, dim=-1)
+        return x * cos + _rotate_pairs(x) * sin
     return x * cos + _rotate_half(x) * sin
 
 
@@ -89,14 +109,15 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.n_heads, self.n_kv, self.head_dim = h, kv, d
-        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(config.hidden_size, kv * d, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(config.hidden_size, kv * d, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=config.o_bias)
-        if config.qk_norm:
-            self.q_norm = RMSNorm(d, config.rms_norm_eps)
-            self.k_norm = RMSNorm(d, config.rms_norm_eps)
+        t = config.traits
+        self.n_heads, self.n_kv, self.head_dim, self.rope = h, kv, d, t.rope
+        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=t.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv * d, bias=t.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv * d, bias=t.qkv_bias)
+        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=t.o_bias)
+        if t.qk_norm:
+            self.q_norm = RMSNorm(d, config.rms_norm_eps, t.norm_offset)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps, t.norm_offset)
         else:
             self.q_norm = self.k_norm = None
 
@@ -107,8 +128,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q.transpose(1, 2), cos, sin)
-        k = apply_rope(k.transpose(1, 2), cos, sin)
+        q = apply_rope(q.transpose(1, 2), cos, sin, self.rope)
+        k = apply_rope(k.transpose(1, 2), cos, sin, self.rope)
         if kv_cache is not None:
             k, v = kv_cache.update(cache_layer, k, v)
         if t == 1 and kv_cache is not None:
@@ -143,9 +164,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act = ACT_FNS[config.traits.activation]
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -153,8 +175,9 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(config)
         self.mlp = MLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        off = config.traits.norm_offset
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, off)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, off)
 
     def forward(self, x, cos, sin, mask, kv_cache, cache_layer):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, cache_layer)
@@ -169,16 +192,21 @@ class Model(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.traits.norm_offset)
+        self.embed_scale = math.sqrt(config.hidden_size) if config.traits.scale_embeddings else None
         self.rotary_emb = RotaryEmbedding(config)
         self.gradient_checkpointing = False
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        return x if self.embed_scale is None else x * torch.tensor(self.embed_scale, dtype=x.dtype)
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache: KVCache | None = None):
         b, t = input_ids.shape
         past = kv_cache.pos if kv_cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0).expand(b, t)
-        x = self.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         cos, sin = self.rotary_emb(x, position_ids)
         mask = _build_mask(attention_mask, b, t, past, input_ids.device, decode=kv_cache is not None and t == 1)
         share = self.config.layer_share
@@ -231,7 +259,7 @@ class CausalLM(nn.Module):
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=std)
             elif isinstance(m, RMSNorm):
-                nn.init.ones_(m.weight)
+                nn.init.constant_(m.weight, 1.0 - m.offset)
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache: KVCache | None = None,
                 logits_to_keep: int = 0):

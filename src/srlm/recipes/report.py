@@ -6,7 +6,10 @@ kind, checkpoint, wall time, training log (`metrics.jsonl` of the stage) and eva
 
 - `report.json`: the summary as given (plus the plot file names), for machines;
 - `report.md`: a table of accuracy per stage (overall and per difficulty level when the task
-  reports `accuracy@dK`), what each stage cost, and how to reproduce each number with `srlm eval`;
+  reports `accuracy@dK`), each with its 95% interval (Wilson) and n; the change from each stage of
+  the main line to the next, with its 95% interval from the paired per-problem outcomes (the
+  evaluations' records), marked when the interval excludes 0; what each stage cost, and how to
+  reproduce each number with `srlm eval`;
 - `loss.png` (training loss per stage against step), `reward.png` (GRPO reward / accuracy per
   step, when a GRPO stage ran), `accuracy.png` (accuracy per stage, grouped by difficulty).
 
@@ -136,6 +139,52 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * float(v):.1f}"
 
 
+def _with_ci(m: dict, key: str) -> str:
+    """`54.5 (52.0-57.0)`: an accuracy and its 95% Wilson interval, from the metrics' n."""
+    from srlm.eval.intervals import wilson
+
+    v = m.get(key)
+    n = m.get("n" if key == "accuracy" else "n@" + key.split("@")[1])
+    if v is None or not n:
+        return _pct(v)
+    lo, hi = wilson(round(float(v) * n), int(n))
+    return f"{100 * float(v):.1f} ({100 * lo:.1f}-{100 * hi:.1f})"
+
+
+def _outcomes(path: str | None, level: str | None) -> dict[str, bool]:
+    """id -> correct from an evaluation's records, for one difficulty level (`d2`) or all."""
+    out = {}
+    for r in read_log(path):
+        meta = r.get("meta") or {}
+        d = r.get("difficulty", meta.get("difficulty"))
+        if level is None or (d is not None and f"d{d}" == level):
+            out[str(r.get("id"))] = bool(r.get("correct"))
+    return out
+
+
+def changes(stages: list[dict], task: str) -> list[dict]:
+    """The change from each evaluated main-line stage to the next: per level, diff and 95% interval."""
+    from srlm.eval.intervals import paired_difference
+
+    line = [s for s in stages if s.get("eval", {}).get(task) is not None and s.get("chain", True)
+            and s.get("eval_records")]
+    levels = [None] + [lv.split("@")[1] for lv in _levels(line)]
+    out = []
+    for a, b in zip(line, line[1:]):
+        row = {"from": a["name"], "to": b["name"]}
+        for lv in levels:
+            row[lv or "all"] = paired_difference(_outcomes(a["eval_records"], lv), _outcomes(b["eval_records"], lv))
+        out.append(row)
+    return out
+
+
+def _signed(d: dict) -> str:
+    if not d["n"]:
+        return "—"
+    mark = " *" if d["low"] > 0 or d["high"] < 0 else ""
+    return f"{100 * d['diff']:+.1f} ({100 * d['low']:+.1f}, {100 * d['high']:+.1f}){mark}"
+
+
 def _markdown(summary: dict, plots: list[str]) -> str:
     stages = summary["stages"]
     lines = [f"# srlm run: {summary.get('recipe', '?')}", ""]
@@ -152,9 +201,19 @@ def _markdown(summary: dict, plots: list[str]) -> str:
             m = s["eval"].get(task)
             if m is None:
                 continue
-            row = [s["name"], f"`{s.get('checkpoint', '')}`", _pct(m.get("accuracy"))] + [_pct(m.get(lv)) for lv in levels]
+            row = [s["name"], f"`{s.get('checkpoint', '')}`", _with_ci(m, "accuracy")] + [_with_ci(m, lv) for lv in levels]
             lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
+        lines += ["", "Each figure: accuracy % (95% Wilson interval)" +
+                  (f"; n per level: {', '.join(str(next(iter(s['eval'][task].get('n@' + lv.split('@')[1]) for s in evald if task in s['eval']), '?')) for lv in levels)}" if levels else "") + ".", ""]
+        diffs = changes(stages, task)
+        if diffs:
+            lines += [f"### {task}: change from stage to stage (points, 95% interval, paired by problem)", ""]
+            head = ["change", "all"] + [lv.split("@")[1] for lv in levels]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for d in diffs:
+                lines.append("| " + " | ".join([f"{d['from']} -> {d['to']}", _signed(d["all"])] +
+                                                [_signed(d.get(lv.split("@")[1], {"n": 0})) for lv in levels]) + " |")
+            lines += ["", "`*`: the interval excludes 0, so the change is larger than this held-out set's noise.", ""]
     lines += ["## What each stage cost", "", "| stage | kind | steps | wall (s) | final loss | notes |", "|---|---|---|---|---|---|"]
     for s in stages:
         log = read_log(s.get("log"))
@@ -184,7 +243,8 @@ def write_report(out_dir: str | Path, summary: dict[str, Any]) -> dict[str, Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(out, summary["stages"])
-    summary = {**summary, "plots": plots}
+    tasks = dict.fromkeys(t for s in summary["stages"] for t in (s.get("eval") or {}))
+    summary = {**summary, "plots": plots, "changes": {t: changes(summary["stages"], t) for t in tasks}}
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "report.md").write_text(_markdown(summary, plots), encoding="utf-8")
     return {"json": out / "report.json", "md": out / "report.md", **{p: out / p for p in plots}}

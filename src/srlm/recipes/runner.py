@@ -1,6 +1,6 @@
 """`srlm run [RECIPE]`: a pipeline of stages from one YAML recipe, evaluated after every stage, with a scorecard.
 
-A recipe (see `default.yaml`, `study-*.yaml` beside this file) names:
+A recipe (see `pipelines/default.yaml`, `pipelines/study-*.yaml`; parsed by `srlm.recipes.recipe`) names:
 - `model`: a preset (random init, needs `tokenizer`) or an HF checkpoint folder;
 - `tokenizer`: a folder, or `{train: {vocab_size, examples}}` to train a BPE on the task's train problems;
 - `task` / `task_options`: the data every stage draws from (SFT and KD conversations, GRPO prompts);
@@ -17,23 +17,28 @@ A recipe (see `default.yaml`, `study-*.yaml` beside this file) names:
 
 Each stage writes OUT/NAME/ (the loop's checkpoints, metrics.jsonl, final/), then `done.json`;
 each evaluation writes OUT/evals/NAME.json through the same code as `srlm eval`, on the saved
-checkpoint, so `srlm eval` reproduces every number. Re-running skips finished stages and
-evaluations and resumes an interrupted stage from its newest checkpoint. The run ends with
-OUT/report.md, report.json and plots (`srlm.recipes.report`).
+checkpoint, so `srlm eval` reproduces every number. The run ends with OUT/report.md, report.json
+and plots (`srlm.recipes.report`).
+
+Re-runs are honest: every artefact (tokenizer, initial models, held-out file, each stage, each
+evaluation) records a fingerprint of everything that produced it -- its resolved settings and the
+fingerprints of its inputs (a stage's starting checkpoint, teacher, tokenizer and data files).
+Re-running skips what is unchanged and resumes an interrupted stage from its newest checkpoint; a
+stage whose fingerprint changed is re-done, and with it everything downstream, and the runner says
+why (`[sft] settings changed (steps 2 -> 4): re-running sft, kd, grpo`). The superseded stage
+folder is kept as OUT/NAME.superseded until the next change.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import difflib
+import hashlib
 import json
 import os
 import platform
-import re
 import shlex
+import shutil
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,151 +47,64 @@ import yaml
 from srlm.atomic import atomic_folder, write_text_atomic
 from srlm.errors import SrlmError
 
-TRAIN_KINDS = ("pretrain", "sft", "kd", "grpo")
-KINDS = TRAIN_KINDS + ("eval",)
-RECIPE_KEYS = {"name", "description", "model", "tokenizer", "task", "task_options", "eval", "defaults", "stages",
-               "vars", "quick", "seed"}
-STAGE_KEYS = {"name", "kind", "config", "from", "model", "chain", "evaluate"}
-
+from srlm.recipes.recipe import _deep_merge, builtin_recipes, find_recipe, load_recipe
 
 # ---------------------------------------------------------------------------------------------
-# Recipes: finding, reading, overriding
+# Fingerprints
+
+# training options that change how a stage runs, not what it produces
+NOT_RESULTS = {"save_every", "keep_last", "log_every", "resume", "num_threads", "progress", "device", "out_dir",
+               "eval_every", "eval_tasks", "eval_limit"}
+INPUTS_FILE = "inputs.json"
 
 
-def builtin_recipes() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("srlm.recipes").iterdir()
-                  if p.name.endswith(".yaml") and (p.name == "default.yaml" or p.name.startswith("study-")))
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def find_recipe(name: str) -> Path:
-    p = Path(name)
-    if p.is_file():
-        return p
-    if p.suffix in (".yaml", ".yml") or "/" in name:
-        raise SrlmError(f"recipe {name}: no such file")
-    candidate = resources.files("srlm.recipes") / f"{name}.yaml"
-    if not candidate.is_file():
-        known = builtin_recipes()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SrlmError(f"unknown recipe {name!r}.{hint} Built-in recipes: {', '.join(known)}; or give a YAML path")
-    return Path(str(candidate))
+def tree_digest(path: str | Path) -> str:
+    """A fingerprint of a file or folder made outside the run: names, sizes and modification times."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return _digest([(str(f.relative_to(p)) if f != p else p.name, f.stat().st_size, f.stat().st_mtime_ns)
+                    for f in files])
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _substitute(obj: Any, env: dict[str, Any], where: str) -> Any:
-    if isinstance(obj, str):
-        def one(m):
-            key = m.group(1)
-            if key not in env:
-                raise SrlmError(f"{where}: ${{{key}}} is not defined in the recipe's vars; add it there or pass "
-                                f"--set {key}=VALUE")
-            return str(env[key])
-
-        whole = re.fullmatch(r"\$\{(\w+)\}", obj)
-        if whole and whole.group(1) in env and not isinstance(env[whole.group(1)], str):
-            return env[whole.group(1)]  # keep numbers and lists typed
-        return re.sub(r"\$\{(\w+)\}", one, obj)
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to leaves; an input's reference ({fingerprint, name}) is one leaf, shown by its name."""
+    if isinstance(obj, dict) and "fingerprint" in obj:
+        return {prefix: obj.get("name") or obj["fingerprint"]}
     if isinstance(obj, dict):
-        return {k: _substitute(v, env, where) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_substitute(v, env, where) for v in obj]
-    return obj
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
 
 
-def apply_set(recipe: dict, items: list[str]) -> dict:
-    """--set KEY=VALUE: a var when KEY names one, else a dotted path; `STAGE.key` sets a stage's config key."""
-    recipe = copy.deepcopy(recipe)
-    names = {s.get("name"): s for s in recipe.get("stages", [])}
-    for item in items:
-        if "=" not in item:
-            raise SrlmError(f"--set {item!r}: expected KEY=VALUE (e.g. sft.steps=10, model=/path, eval.n=100)")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
-        parts = key.split(".")
-        if len(parts) == 1 and key in (recipe.get("vars") or {}):
-            recipe["vars"][key] = value
-        elif parts[0] in names and parts[0] not in RECIPE_KEYS:
-            stage = names[parts[0]]
-            if len(parts) >= 2 and parts[1] in STAGE_KEYS - {"config", "name"}:
-                stage[parts[1]] = value
-            else:
-                node = stage.setdefault("config", {})
-                for p in parts[1:-1]:
-                    node = node.setdefault(p, {})
-                node[parts[-1]] = value
-        elif parts[0] in RECIPE_KEYS:
-            node = recipe
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-            node[parts[-1]] = value
-        else:
-            raise SrlmError(f"--set {key}: not a var ({', '.join(recipe.get('vars') or {}) or 'none'}), a stage "
-                            f"({', '.join(names)}) or a recipe key ({', '.join(sorted(RECIPE_KEYS))})")
-    return recipe
+def describe_change(old: dict | None, new: dict) -> str:
+    """`steps 2 -> 4, lr 0.001 -> 0.003` between two recorded settings; inputs by what made them."""
+    if old is None:
+        return "no record of the settings that made it"
+    a, b = _flatten(old), _flatten(new)
+    diffs = [f"{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]
+    return ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "") if diffs else "inputs changed"
 
 
-def load_recipe(name: str, sets: list[str] | None = None, quick: bool = False) -> dict:
-    path = find_recipe(name)
+def read_record(path: Path) -> dict | None:
+    """The fingerprint record at `path` (a folder's inputs.json or a file's NAME.inputs.json), or None."""
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SrlmError(f"{path}{':' + str(mark.line + 1) if mark else ''}: malformed YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(recipe, dict):
-        raise SrlmError(f"{path}: a recipe is a mapping with model, task, stages, ...")
-    unknown = set(recipe) - RECIPE_KEYS
-    if unknown:
-        raise SrlmError(f"{path}: unknown recipe key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(RECIPE_KEYS))}")
-    if quick:
-        q = recipe.get("quick") or {}
-        stage_q = q.get("stages") or {}
-        for s in recipe.get("stages", []):
-            if s.get("name") in stage_q:
-                s["config"] = _deep_merge(s.get("config") or {}, stage_q[s["name"]])
-        recipe = _deep_merge(recipe, {k: v for k, v in q.items() if k != "stages"})
-    recipe = apply_set(recipe, sets or [])
-    recipe = _substitute(recipe, recipe.get("vars") or {}, str(path))
-    recipe.setdefault("name", path.stem)
-    recipe["_path"] = str(path)
-    _validate(recipe, str(path))
-    return recipe
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and "fingerprint" in rec else None
 
 
-def _validate(recipe: dict, where: str) -> None:
-    for key in ("model", "task", "stages"):
-        if not recipe.get(key):
-            raise SrlmError(f"{where}: the recipe needs `{key}`")
-    seen: list[str] = []
-    for i, s in enumerate(recipe["stages"]):
-        if not isinstance(s, dict) or not s.get("name") or not s.get("kind"):
-            raise SrlmError(f"{where}: stage {i} needs a `name` and a `kind`")
-        bad = set(s) - STAGE_KEYS
-        if bad:
-            raise SrlmError(f"{where}: stage {s['name']!r} has unknown key(s) {', '.join(sorted(bad))}; "
-                            f"known: {', '.join(sorted(STAGE_KEYS))}")
-        if s["kind"] not in KINDS:
-            close = difflib.get_close_matches(s["kind"], KINDS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise SrlmError(f"{where}: stage {s['name']!r} has unknown kind {s['kind']!r}.{hint} "
-                            f"Kinds: {', '.join(KINDS)}")
-        if s["name"] in seen or s["name"] in ("evals", "tokenizer", "init", "model", "final"):
-            raise SrlmError(f"{where}: stage name {s['name']!r} is repeated or reserved; give each stage its own name")
-        frm = s.get("from")
-        if frm not in (None, "model") and frm not in seen:
-            raise SrlmError(f"{where}: stage {s['name']!r} starts from {frm!r}, which is not an earlier stage "
-                            f"({', '.join(seen) or 'none yet'}); use an earlier stage's name or `model`")
-        for ref in re.findall(r"@([\w.-]+)", json.dumps(s.get("config") or {})):
-            if ref not in seen:
-                raise SrlmError(f"{where}: stage {s['name']!r} refers to @{ref}, which is not an earlier stage "
-                                f"({', '.join(seen) or 'none yet'})")
-        seen.append(s["name"])
+def write_record(path: Path, fingerprint: str, settings: dict, **extra: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "settings": settings, **extra},
+                                       indent=2, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +121,42 @@ class Runner:
         self.eval_cfg = {"n": 500, "batch_size": 64, "max_new_tokens": None, "chat": True, "data": None,
                          **(recipe.get("eval") or {})}
         self.seed = int(recipe.get("seed", 0))
+        self.made: dict[str, dict] = {}  # path made by this run -> {"fingerprint", "name"}
+
+    # -- fingerprints -------------------------------------------------------------------------
+    def ref(self, path: str | Path) -> dict:
+        """What stands for an input in a fingerprint: the fingerprint of what this run made there, or
+        a digest of the file or folder given from outside."""
+        key = str(Path(path).resolve())
+        if key in self.made:
+            return self.made[key]
+        return {"fingerprint": tree_digest(path), "name": str(path)}
+
+    def _made(self, path: Path, fingerprint: str, name: str) -> None:
+        self.made[str(Path(path).resolve())] = {"fingerprint": fingerprint, "name": f"{name}#{fingerprint[:6]}"}
+
+    def _with_refs(self, obj: Any) -> Any:
+        """Settings with every path replaced by the fingerprint of what it holds."""
+        if isinstance(obj, dict):
+            return {k: self._with_refs(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self._with_refs(v) for v in obj]
+        if isinstance(obj, str) and ("/" in obj or os.sep in obj) and (
+                str(Path(obj).resolve()) in self.made or Path(obj).exists()):
+            return self.ref(obj)
+        return obj
+
+    def _fresh(self, what: str, path: Path, record_path: Path, fingerprint: str, settings: dict) -> bool:
+        """True when `path` exists and was made from these settings; otherwise clears it, saying why."""
+        if not path.exists():
+            return False
+        rec = read_record(record_path)
+        if rec is not None and rec["fingerprint"] == fingerprint:
+            return True
+        self.log(f"[{what}] settings changed ({describe_change(rec and rec.get('settings'), settings)}): "
+                 f"making it again")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return False
 
     # -- tokenizer and starting model ------------------------------------------------------
     def _train_examples(self, limit: int | None = None):
@@ -229,13 +183,17 @@ class Runner:
                 raise SrlmError(f"tokenizer {spec}: no tokenizer.json there")
             return Path(spec)
         folder = self.out / "tokenizer"
-        if (folder / "tokenizer.json").is_file():
+        opts = spec.get("train") or {}
+        settings = {"train": opts, "task": self.task_name, "task_options": self._with_refs(self.task_options)}
+        fp = _digest(settings)
+        self._made(folder, fp, "tokenizer")
+        if self._fresh("tokenizer", folder, folder / INPUTS_FILE, fp, settings) and \
+                (folder / "tokenizer.json").is_file():
             return folder
         from srlm.data.chat import example_to_messages
         from srlm.tokenizer import train_bpe
 
         t0 = time.perf_counter()
-        opts = spec.get("train") or {}
         exs = self._train_examples(limit=int(opts.get("examples", 3000)))
         texts = []
         for ex in exs:
@@ -245,6 +203,7 @@ class Runner:
         tok = train_bpe(texts, int(opts.get("vocab_size", 512)))
         with atomic_folder(folder) as tmp:  # a kill mid-save must not leave a tokenizer.json without its config
             tok.save(tmp)
+        write_record(folder / INPUTS_FILE, fp, settings)
         self.log(f"[tokenizer] trained BPE with {tok.vocab_size} ids on {len(texts)} problems "
                  f"in {time.perf_counter() - t0:.1f}s -> {folder}")
         return folder
@@ -253,7 +212,12 @@ class Runner:
         """A preset model (with `overrides` of its fields) saved once, seeded, so every later stage starts
         from a real folder."""
         folder = self.out / "init" / name
-        if (folder / "config.json").is_file():
+        settings = {"preset": preset_name, "overrides": overrides or {}, "seed": self.seed,
+                    "tokenizer": self.ref(tok_dir)}
+        fp = _digest(settings)
+        self._made(folder, fp, f"init/{name}")
+        if self._fresh(f"init/{name}", folder, folder / INPUTS_FILE, fp, settings) and \
+                (folder / "config.json").is_file():
             return folder
         import torch
 
@@ -266,6 +230,7 @@ class Runner:
                                      "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
                                      "pad_token_id": tok.pad_token_id})
         save(CausalLM(cfg), folder, tokenizer=tok)
+        write_record(folder / INPUTS_FILE, fp, settings)
         return folder
 
     def _start(self, spec: str, tok_dir: Path, stage_name: str, overrides: dict | None = None) -> Path:
@@ -295,13 +260,18 @@ class Runner:
         if not self.task_name.startswith("synth-"):
             raise SrlmError(f"task {self.task_name}: set eval.data to the test file (e.g. GSM8K's test.jsonl)")
         path = self.out / "heldout.jsonl"
-        if not path.is_file():
+        opts = {k: v for k, v in self.task_options.items() if k not in ("n_train", "data")}
+        settings = {"task": self.task_name, "task_options": opts, "n": int(self.eval_cfg["n"])}
+        fp = _digest(settings)
+        self._made(path, fp, "heldout")
+        record = path.with_suffix(".inputs.json")
+        if not self._fresh("heldout", path, record, fp, settings):
             from srlm.data.synthetic import save_jsonl
             from srlm.data.tasks import get_task
 
-            opts = {k: v for k, v in self.task_options.items() if k not in ("n_train", "data")}
             exs = get_task(self.task_name, **opts).load(split="test", limit=int(self.eval_cfg["n"]))
             save_jsonl(exs, path)
+            write_record(record, fp, settings)
         return str(path)
 
     def eval_argv(self, checkpoint: Path, out_json: Path) -> list[str]:
@@ -316,9 +286,14 @@ class Runner:
 
     def evaluate(self, name: str, checkpoint: Path) -> tuple[dict, float]:
         out_json = self.out / "evals" / f"{name}.json"
-        seconds = out_json.with_suffix(".seconds")
-        if out_json.is_file() and seconds.is_file():
-            return json.loads(out_json.read_text())["tasks"][self.task_name], float(seconds.read_text())
+        record = out_json.with_suffix(".inputs.json")
+        data = self.heldout()
+        settings = {"checkpoint": self.ref(checkpoint), "task": self.task_name, "data": self.ref(data),
+                    "eval": {k: v for k, v in self.eval_cfg.items() if k != "data"}}
+        fp = _digest(settings)
+        if self._fresh(f"{name} eval", out_json, record, fp, settings):
+            rec = read_record(record)
+            return json.loads(out_json.read_text())["tasks"][self.task_name], float(rec.get("seconds", 0.0))
         from srlm.eval import cli as eval_cli
 
         parser = argparse.ArgumentParser()
@@ -327,11 +302,10 @@ class Runner:
         results = eval_cli.run(parser.parse_args(self.eval_argv(checkpoint, out_json)))
         m = results["tasks"][self.task_name]
         dt = time.perf_counter() - t0
-        write_text_atomic(seconds, f"{dt:.3f}\n")
-        self.log(f"[{name}] eval: accuracy {100 * m['accuracy']:.1f}% on {m.get('n')} held-out problems ({dt:.0f}s)")
+        write_record(record, fp, settings, seconds=round(dt, 3))
         return m, dt
 
-    # -- one training stage -------------------------------------------------------------------
+    # -- planning: what each stage is made from ---------------------------------------------
     def stage_config(self, s: dict, start: Path, tok_dir: Path, done: dict[str, Path]) -> tuple[Any, Any]:
         from srlm.train.cli import stage_module
         from srlm.train.config import load_config
@@ -359,6 +333,55 @@ class Runner:
         config = load_config(mod.Config, None, cfg)
         return mod, config
 
+    def plan(self, tok_dir: Path, base: Path) -> list[dict]:
+        """Each stage with its starting checkpoint, its config and its fingerprint, before anything trains."""
+        from srlm.train.config import to_dict
+
+        current = base
+        done: dict[str, Path] = {}
+        plan = []
+        for s in self.recipe["stages"]:
+            name, frm = s["name"], s.get("from")
+            start = (self._start(s["model"], tok_dir, name, (s.get("config") or {}).get("model_overrides"))
+                     if s.get("model") else
+                     base if frm == "model" else done[frm] if frm else current)
+            step = {"s": s, "start": start, "mod": None, "config": None}
+            if s["kind"] == "eval":
+                ckpt = start
+            else:
+                step["mod"], step["config"] = self.stage_config(s, start, tok_dir, done)
+                cfg = {k: v for k, v in to_dict(step["config"]).items() if k not in NOT_RESULTS}
+                step["settings"] = {"kind": s["kind"], **self._with_refs(cfg)}
+                step["fingerprint"] = _digest(step["settings"])
+                ckpt = self.out / name / "final"
+                self._made(ckpt, step["fingerprint"], f"@{name}")
+            step["checkpoint"] = ckpt
+            done[name] = ckpt
+            if s.get("chain", True):
+                current = ckpt
+            plan.append(step)
+        self._say_what_changed(plan)
+        return plan
+
+    def _say_what_changed(self, plan: list[dict]) -> None:
+        changed = []
+        for step in plan:
+            folder = self.out / step["s"]["name"]
+            if step.get("fingerprint") and folder.exists():
+                rec = read_record(folder / INPUTS_FILE)
+                if rec is None or rec["fingerprint"] != step["fingerprint"]:
+                    changed.append((step, rec))
+        told: set[str] = set()
+        for i, (step, rec) in enumerate(changed):
+            name = step["s"]["name"]
+            if name in told:
+                continue
+            why = describe_change(rec and rec.get("settings"), step["settings"])
+            rest = [st["s"]["name"] for st, _ in changed[i:]]
+            told.update(rest)
+            self.log(f"[{name}] settings changed ({why}): re-running {', '.join(rest)}")
+
+    # -- running ------------------------------------------------------------------------------
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         t_all = time.perf_counter()
@@ -367,32 +390,28 @@ class Runner:
         t0 = time.perf_counter()
         tok_dir = self.tokenizer_dir()
         base = self._start(self.recipe["model"], tok_dir, "model")
+        plan = self.plan(tok_dir, base)
         setup_s = time.perf_counter() - t0
         current = base
-        done: dict[str, Path] = {}
         stages_out: list[dict] = []
-        for s in self.recipe["stages"]:
-            name, kind = s["name"], s["kind"]
-            frm = s.get("from")
-            start = (self._start(s["model"], tok_dir, name, (s.get("config") or {}).get("model_overrides"))
-                     if s.get("model") else
-                     base if frm == "model" else done[frm] if frm else current)
-            rec: dict[str, Any] = {"name": name, "kind": kind, "start": str(start)}
-            if kind == "eval":
-                ckpt = start
-            else:
-                ckpt, info = self._train(s, start, tok_dir, done)
-                rec.update(info)
-            done[name] = ckpt
+        for step in plan:
+            s = step["s"]
+            name, kind, ckpt = s["name"], s["kind"], step["checkpoint"]
+            rec: dict[str, Any] = {"name": name, "kind": kind, "start": str(step["start"]),
+                                   "chain": bool(s.get("chain", True))}
+            if kind != "eval":
+                rec.update(self._train(step))
             if s.get("chain", True):
                 current = ckpt
             rec["checkpoint"] = str(ckpt)
             if s.get("evaluate", True):
+                out_json = self.out / "evals" / f"{name}.json"
                 metrics, rec["eval_s"] = self.evaluate(name, ckpt)
                 rec["eval"] = {self.task_name: metrics}
-                rec["eval_command"] = "srlm eval " + " ".join(shlex.quote(a) for a in self.eval_argv(
-                    ckpt, self.out / "evals" / f"{name}.json"))
+                rec["eval_records"] = str(out_json.with_suffix(".jsonl"))
+                rec["eval_command"] = "srlm eval " + " ".join(shlex.quote(a) for a in self.eval_argv(ckpt, out_json))
             rec["wall_s"] = rec.get("train_s", 0.0) + rec.get("eval_s", 0.0)
+            self.log(self._summary_line(rec))
             stages_out.append(rec)
         from srlm.recipes.report import write_report
 
@@ -421,17 +440,37 @@ class Runner:
         self.log(f"chat with the result: srlm chat {self.out / 'final' if final_link.exists() else current}")
         return summary
 
-    def _train(self, s: dict, start: Path, tok_dir: Path, done: dict[str, Path]) -> tuple[Path, dict]:
+    def _summary_line(self, rec: dict) -> str:
+        from srlm.eval.intervals import wilson
+
+        parts = []
+        if rec["kind"] != "eval":
+            how = "reused" if rec.get("reused") else f"{rec.get('train_s', 0):.0f} s"
+            parts.append(f"{rec['kind']} {rec.get('steps')} steps ({how})")
+        m = (rec.get("eval") or {}).get(self.task_name)
+        if m and m.get("n"):
+            lo, hi = wilson(round(m["accuracy"] * m["n"]), m["n"])
+            parts.append(f"held-out accuracy {100 * m['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}, "
+                         f"n {m['n']}; eval {rec.get('eval_s', 0):.0f} s)")
+        return f"[{rec['name']}] " + "; ".join(parts)
+
+    def _train(self, step: dict) -> dict:
+        s, start, config, mod = step["s"], step["start"], step["config"], step["mod"]
         stage_dir = self.out / s["name"]
         marker = stage_dir / "done.json"
+        rec = read_record(stage_dir / INPUTS_FILE)
+        if stage_dir.exists() and (rec is None or rec["fingerprint"] != step["fingerprint"]):
+            old = stage_dir.with_name(stage_dir.name + ".superseded")
+            shutil.rmtree(old, ignore_errors=True)
+            stage_dir.rename(old)
         if marker.is_file():
             info = json.loads(marker.read_text())
-            self.log(f"[{s['name']}] finished earlier ({info.get('steps')} steps); skipping")
-            return stage_dir / "final", info
+            self.log(f"[{s['name']}] finished earlier with the same settings ({info.get('steps')} steps); skipping")
+            return {**info, "train_s": 0.0, "reused": True}
         if not Path(start).is_dir():
             raise SrlmError(f"stage {s['name']!r}: starting checkpoint {start} is missing; re-run the stage that "
                             f"makes it or fix `from`")
-        mod, config = self.stage_config(s, start, tok_dir, done)
+        write_record(stage_dir / INPUTS_FILE, step["fingerprint"], step["settings"])
         from srlm.train.loop import list_checkpoints
 
         ckpts = list_checkpoints(stage_dir)
@@ -446,6 +485,7 @@ class Runner:
             result = mod.run(config)
         train_s = time.perf_counter() - t0
         info = {"steps": config.steps, "train_s": train_s, "log": str(stage_dir / "metrics.jsonl"),
+                "fingerprint": step["fingerprint"],
                 "notes": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
                           if k.startswith("kd_") and k in ("kd_kept", "kd_kept_fraction", "kd_solved_fraction")}}
         if s["kind"] == "grpo":
@@ -454,7 +494,7 @@ class Runner:
             last = next((r for r in reversed(read_log(info["log"])) if "reward_errors" in r), {})
             info["notes"].update({k: int(last[k]) for k in ("reward_errors", "verifier_timeouts") if k in last})
         write_text_atomic(marker, json.dumps(info, indent=2) + "\n")
-        return stage_dir / "final", info
+        return info
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ is defined.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -25,7 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
-from srlm.errors import SrlmError
+from srlm.errors import SrlmError, did_you_mean
 
 
 @dataclass
@@ -90,7 +89,7 @@ class TrainConfig:
     device: str = "auto"
     #: shard parameters, gradients and optimizer state across ranks with FSDP2 (models too big for one device)
     fsdp: bool = False
-    #: show a tqdm progress bar on rank 0
+    #: show progress on rank 0: a live bar in a terminal, plain lines (about 20 a run) in a log
     progress: bool = True
 
 
@@ -179,8 +178,7 @@ def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = ""
         dotted = f"{prefix}{key}"
         where = _where(dotted, source, lines, origins)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" Did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = did_you_mean(key, names, prefix=prefix, cutoff=0.5)
             raise SrlmError(f"{where}: unknown {cls.__name__} key {dotted!r}.{hint} "
                             f"Known keys: {', '.join(prefix + n for n in names)}")
         tp = hints[key]

@@ -15,7 +15,7 @@ for that completion; the run goes on and the counts are logged (`reward_errors`,
 `verifier_timeouts`). Logged per step: reward, accuracy, format, completion length, truncated
 fraction, clip fraction, KL, entropy, generation vs optimisation seconds.
 
-    srlm train grpo --config src/srlm/recipes/grpo-tiny.yaml init_from=runs/sft/final
+    srlm train grpo --config src/srlm/recipes/configs/grpo-tiny.yaml init_from=runs/sft/final
 
 `batch_size` counts completions per optimizer step (prompts x num_generations). Rollouts are
 made in `before_step` every `num_iterations` steps; the loop then runs its micro-batches over
@@ -25,21 +25,21 @@ that buffer.
 from __future__ import annotations
 
 import copy
-import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from srlm.data.deadline import TimeLimitExceeded, time_limit
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.lora import LoRAConfig
 from srlm.train.loop import SamplingPolicy, train, uses_bf16
 from srlm.train.sft import prepare  # the base model, with LoRA adapters when enabled
 from srlm.train.losses import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, token_logprobs
+from srlm.train.rewards import REWARDS, reward_correct, reward_format, score  # noqa: F401  (GRPO's rewards)
+from srlm.train.rollout import pad_rows, sample
 
 
 @dataclass
@@ -85,49 +85,6 @@ class GRPOConfig(TrainConfig):
     schedule: str = "constant"
     max_grad_norm: float = 1.0
     log_every: int = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Rewards
-
-_FORMAT = re.compile(r"^\s*<think>.+?</think>\s*\S", re.DOTALL)
-
-
-def reward_correct(text: str, example, task) -> float:
-    """1 when the task's verifier accepts the extracted answer."""
-    return float(bool(task.is_correct(task.extract(text), example)))
-
-
-def reward_format(text: str, example, task) -> float:
-    """1 when the completion is `<think>...</think>` followed by an answer."""
-    return float(bool(_FORMAT.match(text)))
-
-
-REWARDS: dict[str, Callable[[str, Any, Any], float]] = {"correct": reward_correct, "format": reward_format}
-
-
-def score(texts: list[str], examples: list, task, rewards: dict[str, float], timeout_s: float = 5.0,
-          functions: dict[str, Callable] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
-    """(weighted reward per completion, each named reward per completion, {errors, timeouts})."""
-    functions = functions or REWARDS
-    per: dict[str, torch.Tensor] = {}
-    counts = {"errors": 0, "timeouts": 0}
-    for name in rewards:
-        fn = functions[name]
-        vals = []
-        for text, ex in zip(texts, examples):
-            try:
-                with time_limit(timeout_s):
-                    vals.append(float(fn(text, ex, task)))
-            except TimeLimitExceeded:
-                counts["timeouts"] += 1
-                vals.append(0.0)
-            except Exception:  # a user reward function's bug must not end a long run: count it, score 0
-                counts["errors"] += 1
-                vals.append(0.0)
-        per[name] = torch.tensor(vals, dtype=torch.float32)
-    total = sum(w * per[n] for n, w in rewards.items())
-    return total, per, counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,12 +172,10 @@ class GRPOStage:
     # ---- rollouts ------------------------------------------------------------------------
     @torch.no_grad()
     def _rollout(self, model, rollout: int) -> dict[str, Any]:
-        from srlm.infer.engine import Engine
 
         cfg, G = self.config, self.config.num_generations
         dist = torch.distributed
         device = next(model.parameters()).device
-        was_training = model.training
         t0 = time.perf_counter()
         idx = self._prompt_indices(rollout)
         # under DDP each rank samples its share of the prompts and the groups are gathered, so every
@@ -230,14 +185,9 @@ class GRPOStage:
         n_gen, gen_rank = (1, 0) if cfg.fsdp else (world, rank)
         mine = idx[gen_rank::n_gen]
         policy = self.sampling_policy(model)
-        engine = Engine(policy, self.tokenizer)
-        policy.eval()  # no activation checkpointing (or dropout) while sampling
-        try:
-            groups = engine.generate([self.prompt_ids[i] for i in mine], n=G, max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                     seed=(cfg.seed * 100_003 + rollout) * n_gen + gen_rank) if mine else []
-        finally:
-            policy.train(was_training and policy is model)
+        groups = sample(policy, self.tokenizer, [self.prompt_ids[i] for i in mine], n=G,
+                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        top_k=cfg.top_k, seed=(cfg.seed * 100_003 + rollout) * n_gen + gen_rank)
         if n_gen > 1:
             shares = [None] * n_gen
             dist.all_gather_object(shares, groups)
@@ -262,16 +212,7 @@ class GRPOStage:
         self.totals["verifier_timeouts"] += counts["timeouts"]
         self.totals["rollouts"] += 1
 
-        R = len(comps)
-        lens = [len(p) + len(c.token_ids) for p, c in zip(prompts, comps)]
-        L = max(lens)
-        ids = torch.full((R, L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(R, L - 1, dtype=torch.bool)  # mask[t]: token t+1 is a completion token
-        for r, (p, c) in enumerate(zip(prompts, comps)):
-            ids[r, :len(p)] = torch.tensor(p)
-            if c.token_ids:
-                ids[r, len(p):lens[r]] = torch.tensor(c.token_ids)
-                mask[r, len(p) - 1:lens[r] - 1] = True
+        ids, mask = pad_rows(prompts, [c.token_ids for c in comps], self.pad_id)
         truncated = torch.tensor([c.finish_reason == "length" for c in comps])
         adv = group_advantages(rewards, G, cfg.scale_rewards)
         if world > 1:
@@ -386,11 +327,7 @@ class GRPOStage:
         mask = batch["mask"]
         if cfg.mask_truncated_completions:
             mask = mask & ~batch["truncated"][:, None]
-        if cfg.loss_type == "grpo":
-            return float(batch["input_ids"].shape[0])
-        if cfg.loss_type == "dr_grpo":
-            return float(batch["input_ids"].shape[0] * cfg.max_new_tokens)
-        return float(mask.sum())
+        return float(LOSS_TYPES[cfg.loss_type].units(mask.float(), cfg.max_new_tokens))
 
     def weight(self, batch) -> float:
         return self._units(batch)

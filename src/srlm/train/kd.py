@@ -15,7 +15,7 @@ Supports:
 The teacher must share the student's tokenizer (same vocabulary and the same ids for a probe
 string); otherwise the run is refused with an `SrlmError`.
 
-    srlm train kd --config src/srlm/recipes/kd-tiny.yaml teacher=runs/teacher/final init_from=runs/sft/final
+    srlm train kd --config src/srlm/recipes/configs/kd-tiny.yaml teacher=runs/teacher/final init_from=runs/sft/final
 """
 
 from __future__ import annotations
@@ -210,29 +210,16 @@ class KDStage(SFTStage):
     @torch.no_grad()
     def _student_samples(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's prompts completed by the student: (ids, supervised-position mask)."""
-        from srlm.infer.engine import Engine
+        from srlm.train.rollout import pad_rows, sample
 
         cfg = self.config
         ids, labels = batch["input_ids"], batch["labels"]
         starts = (labels != -100).int().argmax(1).tolist()  # first assistant token = end of the prompt
         prompts = [ids[r, :s].tolist() for r, s in enumerate(starts)]
-        policy = self.sampling_policy(model)
-        was = policy.training
-        policy.eval()  # no activation checkpointing (or dropout) while sampling
-        try:
-            groups = Engine(policy, self.tokenizer).generate(
-                prompts, n=1, max_new_tokens=cfg.on_policy_max_new_tokens, temperature=cfg.on_policy_temperature,
-                seed=cfg.seed * 104729 + int(batch["index"]))
-        finally:
-            policy.train(was)
-        seqs = [p + g[0].token_ids for p, g in zip(prompts, groups)]
-        L = max(len(s) for s in seqs)
-        out = torch.full((len(seqs), L), self.pad_id, dtype=torch.long, device=ids.device)
-        mask = torch.zeros(len(seqs), L - 1, dtype=torch.bool, device=ids.device)
-        for r, (p, s) in enumerate(zip(prompts, seqs)):
-            out[r, :len(s)] = torch.tensor(s, device=ids.device)
-            mask[r, len(p) - 1:len(s) - 1] = True
-        return out, mask
+        groups = sample(self.sampling_policy(model), self.tokenizer, prompts, n=1,
+                        max_new_tokens=cfg.on_policy_max_new_tokens, temperature=cfg.on_policy_temperature,
+                        seed=cfg.seed * 104729 + int(batch["index"]))
+        return pad_rows(prompts, [g[0].token_ids for g in groups], self.pad_id, device=ids.device)
 
     def _divergence(self, model, ids, mask):
         cfg = self.config

@@ -429,10 +429,10 @@ class Trainer:
         per_step = cfg.grad_accum * dist.world
         params = [p for p in model.parameters() if p.requires_grad]
 
-        from tqdm.auto import tqdm
+        from srlm.progress import Progress
 
-        bar = tqdm(total=cfg.steps, initial=step, disable=not (dist.main and cfg.progress), dynamic_ncols=True,
-                   desc=self.stage_name)
+        bar = Progress(cfg.steps, desc=self.out.name or self.stage_name, initial=step, enabled=dist.main and cfg.progress,
+                       every=cfg.log_every * max(1, -(-(cfg.steps - step) // (20 * cfg.log_every))))
         window_losses: list[torch.Tensor] = []
         window_stats: dict[str, list] = {}
         window_tokens, window_t0 = 0, time.perf_counter()
@@ -476,7 +476,6 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             window_losses.append(step_loss / max(total, 1e-8))
             step += 1
-            bar.update(1)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 losses = dist.all_reduce(torch.stack(window_losses)).tolist()
@@ -493,8 +492,12 @@ class Trainer:
                             rec[k] = float(sum(float(v) for v in vs) / len(vs))
                     self._log(rec)
                 last = {"step": step, "loss": losses[-1]}
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
+                shown = {"loss": losses[-1]}
+                if "reward" in window_stats:
+                    shown["reward"] = rec["reward"]  # the window mean, logged with the last step
+                bar.set(**shown, tok_s=tps)
                 window_losses, window_stats, window_tokens, window_t0 = [], {}, 0, time.perf_counter()
+            bar.update(1)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 metrics = self._run_eval(step)
                 if metrics:

@@ -24,6 +24,7 @@ per-token GRPO tensors are (B, T) with a 0/1 (or bool) `mask` marking completion
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,25 @@ import torch.nn.functional as F
 from srlm.model.transformer import logit_chunk_rows, over_row_chunks
 
 DISTILL_KINDS = ("forward_kl", "reverse_kl", "jsd")
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+
+
+class LossType(NamedTuple):
+    """How a GRPO loss type aggregates per-token terms: sum over rows of `row_weight(mask) *`
+    (each row's token sum), divided by `units(mask, max_len)`. The training loop weighs
+    micro-batches by the same `units`, so a loss type is defined in exactly one place."""
+
+    row_weight: Callable[[torch.Tensor], torch.Tensor]  # mask (B, T) -> (B,)
+    units: Callable[[torch.Tensor, int], torch.Tensor]  # (mask (B, T), max_len) -> scalar
+
+
+LOSS_TYPES: dict[str, LossType] = {
+    # mean over each sequence's tokens, then over sequences
+    "grpo": LossType(lambda m: 1.0 / m.sum(-1).clamp(min=1.0), lambda m, max_len: m.new_tensor(float(m.shape[0]))),
+    # every token over a constant: sequences x the length limit
+    "dr_grpo": LossType(lambda m: m.new_ones(m.shape[0]), lambda m, max_len: m.new_tensor(float(m.shape[0] * max_len))),
+    # every token over the batch's token count
+    "dapo": LossType(lambda m: m.new_ones(m.shape[0]), lambda m, max_len: m.sum()),
+}
 ADVANTAGE_SCALES = ("group", "batch", "none")
 
 
@@ -199,13 +218,9 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages: t
         per_token = per_token + beta * kl
     masked = per_token * mask
     n_tok = mask.sum()
-    if loss_type == "grpo":
-        loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    elif loss_type == "dr_grpo":
-        denom = logps.shape[0] * (max_len if max_len is not None else logps.shape[1])
-        loss = masked.sum() / denom
-    else:
-        loss = masked.sum() / n_tok.clamp(min=1.0)
+    agg = LOSS_TYPES[loss_type]
+    units = agg.units(mask, max_len if max_len is not None else logps.shape[1])
+    loss = (masked.sum(-1) * agg.row_weight(mask)).sum() / units.clamp(min=1.0)
 
     with torch.no_grad():
         denom = n_tok.clamp(min=1.0)

@@ -9,7 +9,7 @@ The last `val_fraction` of documents is held out; validation reports loss and bi
 byte (nats per token x tokens per byte of validation text / ln 2). Row order is a seeded
 permutation per epoch, a pure function of the micro-batch index, so resume is exact.
 
-    srlm train pretrain --config src/srlm/recipes/pretrain-tiny.yaml data=[corpus.txt]
+    srlm train pretrain --config src/srlm/recipes/configs/pretrain-tiny.yaml data=[corpus.txt]
 """
 
 from __future__ import annotations

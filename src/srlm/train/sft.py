@@ -12,7 +12,7 @@ adapter. Data order is a pure function of (seed, micro-batch index), so resume i
 life of the process (keyed by the tokenizer's content and the data options), so the stages of one
 `srlm run` pipeline (teacher, SFT, KD on the same data) tokenize it once.
 
-    srlm train sft --config src/srlm/recipes/sft-tiny.yaml [key=value ...]
+    srlm train sft --config src/srlm/recipes/configs/sft-tiny.yaml [key=value ...]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from srlm.data.collate import pad_right
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.lora import LoRAConfig, apply_lora
@@ -129,13 +130,8 @@ class SFTStage:
         return perm
 
     def _collate(self, idx: list[int]) -> dict:
-        n = max(self.lengths[i] for i in idx)
-        ids = torch.full((len(idx), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(idx), n), -100, dtype=torch.long)
-        for r, i in enumerate(idx):
-            a, b = self.train[i]
-            ids[r, :len(a)] = a
-            labels[r, :len(b)] = b
+        rows = [self.train[i] for i in idx]
+        ids, labels = pad_right([a for a, _ in rows], self.pad_id), pad_right([b for _, b in rows], -100)
         return {"input_ids": ids, "labels": labels, "num_tokens": int(self.n_sup[idx].sum())}
 
     def batches(self, start: int, micro_batch_size: int) -> Iterator[dict]:
@@ -164,11 +160,7 @@ class SFTStage:
         bs = max(1, self.config.batch_size)
         for s in range(0, len(self.val), bs):
             part = self.val[s:s + bs]
-            n = max(len(a) for a, _ in part)
-            ids = torch.full((len(part), n), self.pad_id, dtype=torch.long)
-            labels = torch.full((len(part), n), -100, dtype=torch.long)
-            for r, (a, b) in enumerate(part):
-                ids[r, :len(a)], labels[r, :len(b)] = a, b
+            ids, labels = pad_right([a for a, _ in part], self.pad_id), pad_right([b for _, b in part], -100)
             total += float(model.loss(ids.to(device), labels.to(device), reduction="sum"))
             count += int((labels[:, 1:] != -100).sum())
         return {"val_loss": total / max(count, 1)}
