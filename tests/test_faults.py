@@ -161,7 +161,8 @@ def run_killed(fn, kill_at: int, tear: bool) -> bool:
     return False
 
 
-_SAVE = re.compile(r"(\w+)/\.?(checkpoint-\d+|final)\b")
+# a save: a checkpoint or final/ of a run folder, or an evaluation's results
+_SAVE = re.compile(r"(\w+)/\.?(checkpoint-\d+|final)\b|(evals)/\.?([\w-]+)\.json")
 
 
 def kill_points(trace: list[str], n: int, seed: int) -> list[tuple[int, bool, bool]]:

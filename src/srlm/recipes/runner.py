@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from srlm.atomic import atomic_folder, write_text_atomic
+from srlm.atomic import atomic_folder, clean_temporaries, write_text_atomic
 from srlm.errors import SrlmError
 
 from srlm.recipes.recipe import _deep_merge, builtin_recipes, find_recipe, load_recipe
@@ -384,6 +384,8 @@ class Runner:
     # -- running ------------------------------------------------------------------------------
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
+        for folder in (self.out, self.out / "evals", self.out / "init"):  # what a killed run left half-written
+            clean_temporaries(folder)
         t_all = time.perf_counter()
         (self.out / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in self.recipe.items() if k != "_path"},
                                                              sort_keys=False))
