@@ -270,7 +270,7 @@ def test_kd_killed_anywhere_resumes_to_the_same_run(tmp_path, tok_dir):
             "out_dir": out, "tokenizer": tok_dir, "model": "tiny", "model_overrides": TINY_MODEL, "teacher": teacher,
             "data": "[synth-arith]", "data_options": "{n_train: 32, difficulties: [1]}", "steps": 6,
             "save_every": 2, "keep_last": 1, "batch_size": 4, "lr": 3e-3, "dtype": "fp32", "num_threads": 1,
-            "log_every": 1, "progress": "false", "max_seq_len": 128, "resume": "auto"}.items()]))
+            "log_every": 3, "progress": "false", "max_seq_len": 128, "resume": "auto"}.items()]))
 
     assert kill_and_resume(train, tmp_path / "ref", tmp_path, seed=2) >= POINTS
 
@@ -422,6 +422,18 @@ def test_a_resumed_run_truncates_the_log_to_its_checkpoint(tmp_path, tok_dir):
     after_step_7 = [i for i, t in enumerate(trace, 1) if t.startswith("metrics")][7]  # logging step 8
     assert run_killed(lambda: train(out), after_step_7, tear=False)
     assert sorted(losses(out)) == list(range(1, 8))  # steps 7 and 8 come after checkpoint-6
+    train(out)
+    assert_same_run(out, tmp_path / "ref")
+
+
+def test_steps_logged_in_a_window_survive_a_resume(tmp_path, tok_dir):
+    """With log_every=3 and save_every=2, the loss of step 4 must be logged by the time checkpoint-4 exists."""
+    train = sft_train(tok_dir, log_every=3)
+    trace = trace_of(lambda: train(tmp_path / "ref"))
+    after_ckpt_4 = next(i for i, t in enumerate(trace, 1) if t.startswith("replace") and t.endswith("/checkpoint-000004"))
+    out = tmp_path / "run"
+    assert run_killed(lambda: train(out), after_ckpt_4 + 1, tear=False)
+    assert sorted(losses(out)) == [1, 2, 3, 4]
     train(out)
     assert_same_run(out, tmp_path / "ref")
 

@@ -477,7 +477,9 @@ class Trainer:
             window_losses.append(step_loss / max(total, 1e-8))
             step += 1
 
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            saving = bool(cfg.save_every) and (step % cfg.save_every == 0 or step == cfg.steps)
+            # a checkpoint's log is complete up to its step: a run resumed from it re-logs only later steps
+            if step % cfg.log_every == 0 or step == cfg.steps or saving:
                 losses = dist.all_reduce(torch.stack(window_losses)).tolist()
                 dt = time.perf_counter() - window_t0
                 tps = window_tokens * dist.world / max(dt, 1e-9)
@@ -506,7 +508,7 @@ class Trainer:
                     if dist.main:
                         bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                               for k, v in metrics.items()))
-            if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
+            if saving:
                 self._save(step, position)
         bar.close()
         final = self._save(step, position, final=True)
