@@ -3,6 +3,7 @@
     srlm bench PATH                                   # a checkpoint folder
     srlm bench --preset qwen2.5-0.5b --random-init    # no weights needed
     srlm bench ... --quantize int8 --compare hf       # add srlm-int8 and transformers' generate
+    srlm bench ... --rollout 16 32 64 --compare hf    # RL-sized batches: aggregate decode vs the roofline
 
 Every figure is wall-clock through the public API (`Engine.generate`, greedy, no stop ids):
 decode tokens/s = batch x new tokens / time of the whole call (prompt prefill included, as
@@ -15,6 +16,15 @@ measured before transformers is loaded. With `--quantize`, the quantized variant
 its quality against the unquantized model: greedy (top-1) agreement and mean KL, teacher-forced
 on the unquantized model's greedy continuation of the last decode prompt, and both perplexities
 on that continuation.
+
+`--rollout B [B ...]` measures what RL rollouts need: aggregate decode throughput of B sequences
+of `--rollout-tokens` (256) new tokens from prompts of mixed lengths (`--prompt-len` / 2 to
+2 x `--prompt-len`), and sets it against the machine's limits, measured in the same run: memory
+read bandwidth (a large reduction) and matmul throughput (2048 x 2048 in the model's dtype).
+For each batch, `roofline` gives the bytes (weights, and the KV cache at the mean context) and
+FLOPs of one decode step, the step time each limit allows, and `fraction_of_roofline` = the
+larger of those bounds / the measured step time (1.0 would be the machine's limit). The CPU's
+name and its avx2 / avx512 / bf16 / amx flags are printed with every result.
 """
 
 from __future__ import annotations
@@ -47,6 +57,9 @@ def add_arguments(p) -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prefill-len", type=int, default=512)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="decode batch sizes")
+    p.add_argument("--rollout", type=int, nargs="*", default=None, metavar="B",
+                   help="also measure rollout-sized batches (e.g. 16 32 64) against the machine's roofline")
+    p.add_argument("--rollout-tokens", type=int, default=256, help="new tokens per rollout sequence")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each figure is the best")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -107,6 +120,60 @@ class _Srlm:
         return sum(len(g[0].token_ids) for g in out)
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and the vector / matrix flags that decide which kernels run."""
+    name, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name is None:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux
+        import platform
+
+        name = platform.processor() or platform.machine()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    return {"cpu": name, "flags": [f for f in wanted if f in flags]}
+
+
+def machine_limits(dtype) -> dict:
+    """Memory read bandwidth (GB/s, a 512 MB reduction) and matmul throughput (GFLOP/s, 2048^2 in `dtype`),
+    each the best of a few tries."""
+    import torch
+
+    x = torch.ones(128 * 2**20, dtype=torch.float32)
+    x.sum()
+    bw = max(x.numel() * 4 / _timed(lambda: float(x.sum()))[0] for _ in range(5)) / 1e9
+    del x
+    a = torch.randn(2048, 2048).to(dtype)
+    b = torch.randn(2048, 2048).to(dtype)
+    a @ b
+    flops = max(2 * 2048**3 / _timed(lambda: a @ b)[0] for _ in range(5)) / 1e9
+    return {"memory_read_gb_s": round(bw, 1), f"matmul_gflop_s_{str(dtype).replace('torch.', '')}": round(flops, 1)}
+
+
+def step_cost(model, batch: int, context: float) -> dict:
+    """Bytes read and FLOPs of one decode step of `batch` rows at a mean `context` length: every Linear
+    weight once (int8/int4 buffers at their size), the KV cache of each row, 2 FLOPs per weight per row
+    and the attention's 4 x heads x head_dim FLOPs per cached position per row."""
+    import torch.nn as nn
+
+    c = model.config
+    weight_bytes = weights = 0
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if w is not None and not isinstance(m, nn.Embedding) and "norm" not in type(m).__name__.lower():
+            weight_bytes += w.numel() * w.element_size()
+            weights += getattr(m, "in_features", 0) * getattr(m, "out_features", 0)
+    kv_elem = next(model.parameters()).element_size() if next(model.parameters()).is_floating_point() else 2
+    layers = c.effective_layers
+    kv_bytes = batch * layers * 2 * c.num_key_value_heads * c.head_dim * context * kv_elem
+    flops = 2 * weights * batch + batch * layers * 4 * c.num_attention_heads * c.head_dim * context
+    return {"weight_bytes": weight_bytes, "kv_bytes": int(kv_bytes), "flops": int(flops)}
+
+
 class _HF:
     def __init__(self, folder: Path, dtype):
         import torch
@@ -121,9 +188,11 @@ class _HF:
 
     def run(self, prompts, new_tokens: int) -> int:
         torch = self.torch
-        ids = torch.tensor(prompts)  # the bench uses equal-length prompts: no padding needed
+        width = max(len(p) for p in prompts)  # mixed lengths are left-padded, as generate expects
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.inference_mode():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+            out = self.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
                                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
         return (out.shape[1] - ids.shape[1]) * ids.shape[0]
 
@@ -189,8 +258,18 @@ def main(args) -> int:
         def prompts(b, length):
             return torch.randint(1, vocab, (b, length), generator=g).tolist()
 
+        def mixed(b):
+            lo, hi = max(1, args.prompt_len // 2), 2 * args.prompt_len
+            lens = torch.randint(lo, hi + 1, (b,), generator=g).tolist()
+            return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lens]
+
+        rollouts = args.rollout or []
+        if rollouts and 2 * args.prompt_len + args.rollout_tokens > ref.engine.max_context:
+            raise SrlmError(f"--rollout: prompts up to {2 * args.prompt_len} plus {args.rollout_tokens} new tokens "
+                            f"exceed the model's context of {ref.engine.max_context}")
         work = [("prefill", prompts(1, args.prefill_len), 1), ("ttft", prompts(1, args.prompt_len), 1)]
         work += [(f"decode_b{b}", prompts(b, args.prompt_len), args.new_tokens) for b in args.batch]
+        work += [(f"rollout_b{b}", mixed(b), args.rollout_tokens) for b in rollouts]
         for v in variants.values():  # warm-up: first calls pay allocation and kernel selection
             v.run(prompts(1, 8), 4)
         best: dict[str, dict[str, float]] = {name: {} for name in variants}
@@ -206,16 +285,35 @@ def main(args) -> int:
                         best[name][key] = rate if cur is None else max(cur, rate)
                     print(f"# {name} {key}: {dt:.3f}s", file=sys.stderr, flush=True)
 
+        limits = machine_limits(next(ref.engine.model.parameters()).dtype) if rollouts else None
         quality = None
         if args.quantize:  # the quality change, next to the speed
             quality = _quantization_quality(ref.engine, variants[f"srlm-{args.quantize}"].engine,
                                             work[-1][1][0], args.new_tokens)
 
+    def roofline(name, b, rate):
+        ps = next(ps for key, ps, _ in work if key == f"rollout_b{b}")
+        context = sum(len(p) for p in ps) / len(ps) + args.rollout_tokens / 2
+        cost = step_cost(variants[name].engine.model, b, context)
+        step_s = b / rate
+        bw = limits["memory_read_gb_s"] * 1e9
+        peak = next(v for k, v in limits.items() if k.startswith("matmul")) * 1e9
+        mem_s, flop_s = (cost["weight_bytes"] + cost["kv_bytes"]) / bw, cost["flops"] / peak
+        return {**cost, "step_s": round(step_s, 5), "memory_bound_s": round(mem_s, 5),
+                "compute_bound_s": round(flop_s, 5), "fraction_of_memory_limit": round(mem_s / step_s, 3),
+                "fraction_of_compute_limit": round(flop_s / step_s, 3),
+                "fraction_of_roofline": round(max(mem_s, flop_s) / step_s, 3)}
+
     def figures(name):
         b = best[name]
-        return {"prefill_tokens_per_s": round(b["prefill"], 1), "ttft_s": round(b["ttft"], 4),
-                "decode_tokens_per_s": {str(k): round(b[f"decode_b{k}"], 1) for k in args.batch},
-                "dtype": variants[name].dtype}
+        out = {"prefill_tokens_per_s": round(b["prefill"], 1), "ttft_s": round(b["ttft"], 4),
+               "decode_tokens_per_s": {str(k): round(b[f"decode_b{k}"], 1) for k in args.batch},
+               "dtype": variants[name].dtype}
+        if rollouts:
+            out["rollout_tokens_per_s"] = {str(k): round(b[f"rollout_b{k}"], 1) for k in rollouts}
+            if name != "hf":
+                out["roofline"] = {str(k): roofline(name, k, b[f"rollout_b{k}"]) for k in rollouts}
+        return out
 
     result = {
         "model": args.preset or str(args.path), "random_init": bool(args.random_init),
@@ -223,8 +321,11 @@ def main(args) -> int:
         "params": sum(p.numel() for p in ref.engine.model.parameters()),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "prefill_len": args.prefill_len,
-        "rounds": args.rounds, "peak_rss_mb": peak_rss, **figures("srlm"),
+        "rounds": args.rounds, "peak_rss_mb": peak_rss, **cpu_info(), **figures("srlm"),
     }
+    if limits:
+        result["machine_limits"] = limits
+        result["rollout_new_tokens"] = args.rollout_tokens
     for name in variants:
         if name != "srlm":
             result[name] = figures(name)
@@ -238,7 +339,8 @@ def main(args) -> int:
         result["ratios_vs_hf"] = {
             name: {"prefill": round(best[name]["prefill"] / hf["prefill"], 2),
                    "ttft": round(hf["ttft"] / best[name]["ttft"], 2),
-                   **{f"decode_b{b}": round(best[name][f"decode_b{b}"] / hf[f"decode_b{b}"], 2) for b in args.batch}}
+                   **{f"decode_b{b}": round(best[name][f"decode_b{b}"] / hf[f"decode_b{b}"], 2) for b in args.batch},
+                   **{f"rollout_b{b}": round(best[name][f"rollout_b{b}"] / hf[f"rollout_b{b}"], 2) for b in rollouts}}
             for name in variants if name != "hf"}
     print(json.dumps(result))
     return 0
