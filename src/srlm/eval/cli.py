@@ -132,6 +132,7 @@ def output_path(args: argparse.Namespace) -> Path:
     tasks = re.sub(r"[^\w.+-]+", "_", "+".join(t.strip() for t in args.task.split(",") if t.strip()))
     ckpt = Path(args.path)
     if not ckpt.is_dir():
+        check_writable(Path.cwd(), "results")
         return Path(f"eval-{tasks}.json")
     try:
         check_writable(ckpt, "results")
