@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import zlib
@@ -113,8 +114,6 @@ def write_checkpoint(path: Path, model, tokenizer, config_yaml: str, meta: dict,
 
 def rotate(out_dir: Path, newest: Path, keep_last: int) -> list[Path]:
     """Remove checkpoints older than `newest` beyond the newest `keep_last` (0: keep all); returns the removed."""
-    import shutil
-
     if keep_last <= 0:
         return []
     step = checkpoint_step(newest)
@@ -241,11 +240,11 @@ def set_aside(damaged: list[tuple[Path, str]], chosen: Path) -> None:
 
 # ----------------------------------------------------------------------------- metrics.jsonl
 
-def read_metrics(path: Path) -> tuple[list[str], list[dict], list[int]]:
-    """(raw lines, records, numbers of the unreadable lines) of a metrics log."""
+def read_metrics(path: Path) -> tuple[list[str], list[dict], list[int], int]:
+    """(raw lines, records, numbers of the unreadable lines, number of the last line) of a metrics log."""
     raw, records, bad = [], [], []
-    data = path.read_bytes()
-    for i, line in enumerate(data.split(b"\n"), 1):
+    lines = path.read_bytes().rstrip(b"\n").split(b"\n")
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -257,7 +256,7 @@ def read_metrics(path: Path) -> tuple[list[str], list[dict], list[int]]:
             continue
         raw.append(line.decode("utf-8"))
         records.append(rec)
-    return raw, records, bad
+    return raw, records, bad, len(lines)
 
 
 def start_metrics(out_dir: Path, resume_step: int | None) -> list[dict]:
@@ -277,9 +276,8 @@ def start_metrics(out_dir: Path, resume_step: int | None) -> list[dict]:
         print(f"srlm train: a fresh run starts a fresh {METRICS}; the old log is now {aside}", file=sys.stderr,
               flush=True)
         return []
-    raw, records, bad = read_metrics(path)
+    raw, records, bad, last = read_metrics(path)
     if bad:
-        last = len(path.read_bytes().rstrip(b"\n").split(b"\n"))
         what = "its torn last line" if bad == [last] else f"unreadable line(s) {', '.join(map(str, bad))}"
         warn(f"{path}: dropped {what} (a write cut short by a kill or a full disk)")
     keep = [(line, rec) for line, rec in zip(raw, records) if rec.get("step", 0) <= resume_step]
