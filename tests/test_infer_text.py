@@ -136,5 +136,5 @@ def test_int8_quantization_is_close_and_agrees_greedily(tmp_path, tok):
     a = Engine(model).generate([ids[0].tolist()], max_new_tokens=16, temperature=0)[0][0].token_ids
     b = Engine(qm).generate([ids[0].tolist()], max_new_tokens=16, temperature=0)[0][0].token_ids
     assert sum(x == y for x, y in zip(a, b)) >= 8
-    with pytest.raises(SrlmError, match="int4"):
-        quantize_model(model, "int4")
+    with pytest.raises(SrlmError, match="'int3' is not supported; choose one of: int8, int4"):
+        quantize_model(model, "int3")
