@@ -299,10 +299,12 @@ def main(args) -> int:
         bw = limits["memory_read_gb_s"] * 1e9
         peak = next(v for k, v in limits.items() if k.startswith("matmul")) * 1e9
         mem_s, flop_s = (cost["weight_bytes"] + cost["kv_bytes"]) / bw, cost["flops"] / peak
-        return {**cost, "step_s": round(step_s, 5), "memory_bound_s": round(mem_s, 5),
-                "compute_bound_s": round(flop_s, 5), "fraction_of_memory_limit": round(mem_s / step_s, 3),
-                "fraction_of_compute_limit": round(flop_s / step_s, 3),
-                "fraction_of_roofline": round(max(mem_s, flop_s) / step_s, 3)}
+        def sig(x):  # 4 significant digits: these span microseconds to seconds
+            return float(f"{x:.4g}")
+
+        return {**cost, "step_s": sig(step_s), "memory_bound_s": sig(mem_s), "compute_bound_s": sig(flop_s),
+                "fraction_of_memory_limit": sig(mem_s / step_s), "fraction_of_compute_limit": sig(flop_s / step_s),
+                "fraction_of_roofline": sig(max(mem_s, flop_s) / step_s)}
 
     def figures(name):
         b = best[name]
