@@ -92,8 +92,9 @@ def main(args) -> int:
         overrides.append("resume=true")
     config = load_config(mod.Config, config_file, overrides)
     result = mod.run(config, evaluate=make_evaluate(config))
-    import os
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    from srlm.train.distributed import is_main
+
+    if is_main():
         print(json.dumps(result))
     return 0

@@ -35,7 +35,9 @@ import torch
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.lora import LoRAConfig
-from srlm.train.loop import SamplingPolicy, train, uses_bf16
+from srlm.train.distributed import SamplingPolicy, world_and_rank
+from srlm.train.loop import train, uses_bf16
+from srlm.train.stage import Stage
 from srlm.train.sft import prepare  # the base model, with LoRA adapters when enabled
 from srlm.train.losses import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, token_logprobs
 from srlm.train.rewards import REWARDS, reward_correct, reward_format, score  # noqa: F401  (GRPO's rewards)
@@ -110,15 +112,7 @@ def _check(config: GRPOConfig, world: int = 1) -> None:
         raise SrlmError(f"beta={config.beta} must be >= 0")
 
 
-def _process_group() -> tuple[int, int]:
-    """(world size, rank) of the initialised process group; (1, 0) without one."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1, 0
-    return dist.get_world_size(), dist.get_rank()
-
-
-class GRPOStage:
+class GRPOStage(Stage):
     name = "grpo"
 
     def __init__(self, config: GRPOConfig, tokenizer, model=None, examples: list | None = None):
@@ -181,7 +175,7 @@ class GRPOStage:
         # under DDP each rank samples its share of the prompts and the groups are gathered, so every
         # rank holds the same buffer; under FSDP the ranks sample from replicas and all sample
         # everything, with the same seed
-        world, rank = _process_group()
+        world, rank = world_and_rank()
         n_gen, gen_rank = (1, 0) if cfg.fsdp else (world, rank)
         mine = idx[gen_rank::n_gen]
         policy = self.sampling_policy(model)

@@ -21,7 +21,6 @@ string); otherwise the run is refused with an `SrlmError`.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,8 @@ from srlm.errors import SrlmError
 from srlm.model.transformer import chunked_cross_entropy
 from srlm.train.losses import DISTILL_KINDS, distill_loss
 from srlm.train.sft import SFTConfig, SFTStage, prepare
-from srlm.train.loop import SamplingPolicy, train
+from srlm.train.distributed import SamplingPolicy, is_main
+from srlm.train.loop import train
 
 PROBE = "Tom has 12 apples. <think>\n12 + 30 = 42\n</think>\n\nThe answer is 42. Émilie's café, 3.5%!"
 
@@ -172,7 +172,7 @@ def sequence_data(config: KDConfig, tokenizer) -> tuple[list[list[dict]], dict]:
         raise SrlmError(f"the teacher {config.teacher} solved none of {stats['prompts']} prompts "
                         f"({stats['samples']} samples); train a stronger teacher or raise samples_per_prompt")
     records = stats.pop("records")
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank sampled the same set; one writes it
+    if is_main():  # under torchrun every rank sampled the same set; one writes it
         path.parent.mkdir(parents=True, exist_ok=True)
         # statistics first, the data last and atomically: a file found at `path` is always complete
         write_text_atomic(path.with_suffix(".json"), json.dumps(stats, indent=2) + "\n")

@@ -3,27 +3,16 @@
     train(config, model, tokenizer, stage, evaluate=None) -> dict
 
 A *stage* (pretrain, SFT, KD, GRPO) supplies the data and the loss; the loop owns everything else.
-Required stage methods:
-
-    batches(start: int, micro_batch_size: int) -> Iterator[dict]
-        An endless, deterministic stream of micro-batches of the *global* stream (every rank sees the
-        same stream; the loop hands each rank its share). It must begin at micro-batch `start`
-        (the saved data position), which is how resume is exact.
-    loss(model, batch) -> (loss_sum: Tensor, stats: dict[str, float | Tensor])
-        The loss *summed* over the batch's units (e.g. supervised tokens). The loop divides by the
-        total units of the whole optimizer step (all micro-batches, all ranks), so accumulation is
-        exactly token-weighted. `model` is the plain CausalLM (already wrapped by DDP/FSDP outside).
-Optional:
-    weight(batch) -> float          units of `batch` (default: batch["num_tokens"]); same on every rank
-    before_step(step, model)        e.g. GRPO generates rollouts here (all ranks call it)
-    validate(model) -> dict         validation metrics (e.g. val loss, bits per byte), under no_grad
-    state_dict() / load_state_dict(d)  stage state saved in the checkpoint (tensors and plain Python values)
+The contract is `srlm.train.stage.Stage`: `batches` and `loss`, with `weight`, `before_step`,
+`validate` and `state_dict` / `load_state_dict` defaulted. Process groups, DDP / FSDP wrapping and
+sampling replicas are in `srlm.train.distributed`; checkpoint files and resume in
+`srlm.train.checkpointing`.
 
 The loop: AdamW (fused where available; weight decay on matrices only), linear warmup then
 cosine/linear/constant decay to lr*min_lr_ratio, gradient accumulation, clipping, bf16
 autocast (CPU and GPU), activation checkpointing, per-step reseeding (RNG state is a pure
 function of seed, step and rank, so resume needs no RNG files), checkpoints, `metrics.jsonl`
-(plus TensorBoard when installed), tqdm progress, evaluation every `eval_every` steps through
+(plus TensorBoard when installed), progress (`srlm.progress`), evaluation every `eval_every` steps through
 `stage.validate` and the caller's `evaluate(model, tokenizer, step) -> dict` (the eval harness
 sits above train, so the caller passes it in).
 
@@ -41,9 +30,7 @@ with `fsdp=true`; only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -58,6 +45,8 @@ from srlm.model.checkpoint import fast_bf16
 from srlm.train import checkpointing as ckpt_io
 from srlm.train.checkpointing import RESUMABLE_CHANGES, DamagedCheckpoint, list_checkpoints  # noqa: F401 (re-exported)
 from srlm.train.config import TrainConfig, check_limits, to_yaml
+from srlm.train.distributed import ProcessGroup, device_for, wrap
+from srlm.train.stage import Stage
 from srlm.train.lora import LoRALinear, lora_state_dict, merged_model, save_adapter
 
 
@@ -109,64 +98,6 @@ def export_model(model: nn.Module) -> nn.Module:
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         return merged_model(model)
     return model
-
-
-# ----------------------------------------------------------------------------- distributed
-
-class _Dist:
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-        self.owns_group = False
-
-    def init(self, device: torch.device):
-        import torch.distributed as dist
-
-        if self.enabled and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self.owns_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            torch.distributed.all_reduce(t)
-        return t
-
-    def close(self):
-        if self.owns_group:
-            torch.distributed.destroy_process_group()
-
-
-class _LossModule(nn.Module):
-    """Routes the stage's loss through forward(), so DDP/FSDP hooks see every micro-batch."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, fn, batch):
-        return fn(self.model, batch)
-
-
-def _device(config: TrainConfig, dist: _Dist) -> torch.device:
-    if config.device == "auto":
-        return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    if config.device == "cuda":
-        if not torch.cuda.is_available():
-            raise SrlmError("device=cuda but no CUDA device is available; use device=cpu")
-        return torch.device(f"cuda:{dist.local_rank}")
-    if config.device != "cpu":
-        raise SrlmError(f"device={config.device!r}: use cpu, cuda or auto")
-    return torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- schedule / optimizer
@@ -227,11 +158,11 @@ def _validate_config(config: TrainConfig, world: int) -> int:
 # ----------------------------------------------------------------------------- the loop
 
 class Trainer:
-    def __init__(self, config: TrainConfig, model: nn.Module, tokenizer, stage, evaluate: Callable | None = None,
+    def __init__(self, config: TrainConfig, model: nn.Module, tokenizer, stage: Stage, evaluate: Callable | None = None,
                  stage_name: str | None = None):
         self.config, self.model, self.tokenizer, self.stage, self.evaluate = config, model, tokenizer, stage, evaluate
         self.stage_name = stage_name or getattr(stage, "name", type(stage).__name__)
-        self.dist = _Dist()
+        self.dist = ProcessGroup()
         self.out = Path(config.out_dir)
         self.lora = getattr(model, "lora_config", None)
         self.wrapped: nn.Module | None = None
@@ -245,7 +176,7 @@ class Trainer:
         if self.dist.main:
             training_state = None
             if not final:
-                stage_state = self.stage.state_dict() if hasattr(self.stage, "state_dict") else {}
+                stage_state = self.stage.state_dict()
                 training_state = {"optimizer": optim_state, "stage": stage_state,
                                   "lora": lora_state_dict(state_model) if self.lora else {}}
             adapter = None
@@ -309,8 +240,7 @@ class Trainer:
                 raise DamagedCheckpoint(str(e).removeprefix(f"{ckpt}: ")) from None
             self.model.load_state_dict(saved.state_dict(), strict=True)
         self._optim_load = state["optimizer"]
-        if hasattr(self.stage, "load_state_dict"):
-            self.stage.load_state_dict(state.get("stage", {}))
+        self.stage.load_state_dict(state.get("stage", {}))
         return int(meta["step"]), int(meta["data_position"])
 
     def _resume(self) -> tuple[Path | None, int, int]:
@@ -341,9 +271,8 @@ class Trainer:
         out: dict[str, Any] = {}
         self.model.eval()
         try:
-            if hasattr(self.stage, "validate"):
-                with torch.no_grad(), self._autocast():
-                    out.update(self.stage.validate(self.model))
+            with torch.no_grad(), self._autocast():
+                out.update(self.stage.validate(self.model))
             if self.evaluate is not None and (self.dist.main or self.config.fsdp):
                 out.update(self.evaluate(export_model(self.model), self.tokenizer, step))
         finally:
@@ -355,28 +284,16 @@ class Trainer:
 
     # -- main
     def run(self) -> dict:
-        cfg, dist = self.config, self.dist
-        self.device = _device(cfg, dist)
-        dist.init(self.device)
+        self.device = device_for(self.config.device, self.dist)
+        self.dist.init(self.device)
         try:
             return self._run()
         finally:
-            dist.close()
+            self.dist.close()
 
     def _run(self) -> dict:
         cfg, dist = self.config, self.dist
-        micro = _validate_config(cfg, dist.world)
-        self.bf16 = uses_bf16(cfg, self.device)
-        if cfg.dtype in ("bf16", "bfloat16") and not fast_bf16(self.device) and dist.main:
-            print("srlm train: warning: this CPU has no fast bf16 (no AVX-512-BF16/AMX); bf16 autocast will be "
-                  "far slower than dtype=fp32", flush=True)
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
-        self.tb = None
-        if dist.main:
-            # before any work: an unwritable out_dir fails now, not at the first save
-            check_writable(self.out, "checkpoints and metrics")
-            clean_temporaries(self.out)
+        micro = self._check_and_prepare()
         self._optim_load = None
         ckpt, step, position = self._resume()
         if step > cfg.steps:
@@ -390,6 +307,54 @@ class Trainer:
             self.wrapped = None  # every rank holds the whole model, loaded from the checkpoint
             final = self._save(step, position, final=True)
             return {**_last_logged(logged, step), "step": step, "final": str(final)}
+        model = self._wrap_and_optimizer()
+        from srlm.progress import Progress
+
+        batches = self.stage.batches(position, micro)
+        per_step = cfg.grad_accum * dist.world
+        bar = Progress(cfg.steps, desc=self.out.name or self.stage_name, initial=step, enabled=dist.main and cfg.progress,
+                       every=cfg.log_every * max(1, -(-(cfg.steps - step) // (20 * cfg.log_every))))
+        window = _Window()
+        last: dict[str, Any] = {}
+        while step < cfg.steps:
+            lr = self._step(model, step, batches, position, window)
+            position += per_step
+            step += 1
+            saving = bool(cfg.save_every) and (step % cfg.save_every == 0 or step == cfg.steps)
+            # a checkpoint's log is complete up to its step: a run resumed from it re-logs only later steps
+            if step % cfg.log_every == 0 or step == cfg.steps or saving:
+                last = self._log_window(step, lr, window, bar)
+            bar.update(1)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                last.update(self._evaluate_and_log(step, bar))
+            if saving:
+                self._save(step, position)
+        bar.close()
+        final = self._save(step, position, final=True)
+        if self.tb is not None:
+            self.tb.close()
+        return {**last, "step": step, "final": str(final)}
+
+    def _check_and_prepare(self) -> int:
+        """Check the config, set threads, check and clean the output folder; returns the micro-batch size."""
+        cfg, dist = self.config, self.dist
+        micro = _validate_config(cfg, dist.world)
+        self.bf16 = uses_bf16(cfg, self.device)
+        if cfg.dtype in ("bf16", "bfloat16") and not fast_bf16(self.device) and dist.main:
+            print("srlm train: warning: this CPU has no fast bf16 (no AVX-512-BF16/AMX); bf16 autocast will be "
+                  "far slower than dtype=fp32", flush=True)
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        self.tb = None
+        if dist.main:
+            # before any work: an unwritable out_dir fails now, not at the first save
+            check_writable(self.out, "checkpoints and metrics")
+            clean_temporaries(self.out)
+        return micro
+
+    def _wrap_and_optimizer(self) -> nn.Module:
+        """The model on its device, wrapped for DDP/FSDP, with its optimizer (state restored on resume)."""
+        cfg, dist = self.config, self.dist
         if dist.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -399,122 +364,108 @@ class Trainer:
                 self.tb = None
         model = self.model.to(self.device).train()
         model.model.gradient_checkpointing = cfg.gradient_checkpointing
-        wrapped: nn.Module = _LossModule(model)
-        if dist.enabled and cfg.fsdp:
-            from torch.distributed.fsdp import fully_shard
-
-            for layer in model.model.layers:
-                fully_shard(layer)
-            fully_shard(wrapped)
-        elif dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            wrapped = DDP(wrapped, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.wrapped = wrapped
-        self.optimizer = _optimizer(cfg, model, self.device, cfg.fsdp and dist.enabled)
+        fsdp = cfg.fsdp and dist.enabled
+        self.wrapped = wrap(model, dist, self.device, cfg.fsdp)
+        self.optimizer = _optimizer(cfg, model, self.device, fsdp)
         if self._optim_load is not None:
-            if cfg.fsdp and dist.enabled:
+            if fsdp:
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-                set_optimizer_state_dict(wrapped, self.optimizer, self._optim_load,
+                set_optimizer_state_dict(self.wrapped, self.optimizer, self._optim_load,
                                          options=StateDictOptions(full_state_dict=True))
             else:
                 self.optimizer.load_state_dict(self._optim_load)
             self._optim_load = None
         if dist.main:
             write_text_atomic(self.out / "train_config.yaml", to_yaml(cfg))
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        return model
 
-        weight = getattr(self.stage, "weight", None) or (lambda b: float(b["num_tokens"]))
-        batches = self.stage.batches(position, micro)
-        per_step = cfg.grad_accum * dist.world
-        params = [p for p in model.parameters() if p.requires_grad]
+    def _next(self, batches, index: int) -> dict:
+        try:
+            return next(batches)
+        except StopIteration:
+            raise SrlmError(f"stage {self.stage_name!r} ran out of data at micro-batch {index}; "
+                            f"its batches() must be endless") from None
 
-        from srlm.progress import Progress
+    def _step(self, model: nn.Module, step: int, batches, position: int, window: "_Window") -> float:
+        """Optimizer step `step` over the next global group of micro-batches (this rank runs its share,
+        the stage's `before_step` first); returns the lr."""
+        cfg, dist = self.config, self.dist
+        self.stage.before_step(step, model)
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + dist.rank)
+        lr = lr_at(cfg, step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        group = [self._next(batches, position + i) for i in range(cfg.grad_accum * dist.world)]
+        total = sum(self.stage.weight(b) for b in group)
+        scale = dist.world / max(total, 1e-8)
+        mine = group[dist.rank * cfg.grad_accum:(dist.rank + 1) * cfg.grad_accum]
+        step_loss = torch.zeros((), device=self.device)
+        for i, batch in enumerate(mine):
+            batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            sync = i == len(mine) - 1 or not (dist.enabled and not cfg.fsdp)
+            with contextlib.nullcontext() if sync else self.wrapped.no_sync():
+                with self._autocast():
+                    loss_sum, stats = self.wrapped(self.stage.loss, batch)
+                (loss_sum * scale).backward()
+            step_loss += loss_sum.detach().float()
+            if "input_ids" in batch:
+                window.tokens += batch["input_ids"].numel()
+            for k, v in stats.items():
+                window.stats.setdefault(k, []).append(v.detach().float() if torch.is_tensor(v) else float(v))
+        if cfg.max_grad_norm > 0:
+            window.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        window.losses.append(step_loss / max(total, 1e-8))
+        return lr
 
-        bar = Progress(cfg.steps, desc=self.out.name or self.stage_name, initial=step, enabled=dist.main and cfg.progress,
-                       every=cfg.log_every * max(1, -(-(cfg.steps - step) // (20 * cfg.log_every))))
-        window_losses: list[torch.Tensor] = []
-        window_stats: dict[str, list] = {}
-        window_tokens, window_t0 = 0, time.perf_counter()
-        grad_norm = None
-        last: dict[str, Any] = {}
-        while step < cfg.steps:
-            if hasattr(self.stage, "before_step"):
-                self.stage.before_step(step, model)
-            torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + dist.rank)
-            lr = lr_at(cfg, step)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            group = []
-            for _ in range(per_step):
-                try:
-                    group.append(next(batches))
-                except StopIteration:
-                    raise SrlmError(f"stage {self.stage_name!r} ran out of data at micro-batch {position + len(group)}; "
-                                    f"its batches() must be endless") from None
-            position += per_step
-            total = sum(weight(b) for b in group)
-            scale = dist.world / max(total, 1e-8)
-            mine = group[dist.rank * cfg.grad_accum:(dist.rank + 1) * cfg.grad_accum]
-            step_loss = torch.zeros((), device=self.device)
-            for i, batch in enumerate(mine):
-                batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                sync = i == len(mine) - 1 or not (dist.enabled and not cfg.fsdp)
-                ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
-                with ctx:
-                    with self._autocast():
-                        loss_sum, stats = wrapped(self.stage.loss, batch)
-                    (loss_sum * scale).backward()
-                step_loss += loss_sum.detach().float()
-                if "input_ids" in batch:
-                    window_tokens += batch["input_ids"].numel()
-                for k, v in stats.items():
-                    window_stats.setdefault(k, []).append(v.detach().float() if torch.is_tensor(v) else float(v))
-            if cfg.max_grad_norm > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            window_losses.append(step_loss / max(total, 1e-8))
-            step += 1
+    def _log_window(self, step: int, lr: float, window: "_Window", bar) -> dict:
+        """Log each step of the window (the last with lr, throughput and the stats' means); reset it."""
+        dist = self.dist
+        losses = dist.all_reduce(torch.stack(window.losses)).tolist()
+        dt = time.perf_counter() - window.t0
+        tps = window.tokens * dist.world / max(dt, 1e-9)
+        first = step - len(losses) + 1
+        for j, lv in enumerate(losses):
+            rec = {"step": first + j, "loss": lv}
+            if first + j == step:
+                rec.update(lr=lr, tokens_per_s=tps, step_time_s=dt / len(losses))
+                if window.grad_norm is not None:
+                    rec["grad_norm"] = float(window.grad_norm)
+                for k, vs in window.stats.items():
+                    rec[k] = float(sum(float(v) for v in vs) / len(vs))
+            self._log(rec)
+        shown = {"loss": losses[-1]}
+        if "reward" in rec:
+            shown["reward"] = rec["reward"]  # the window mean, logged with the last step
+        bar.set(**shown, tok_s=tps)
+        window.reset()
+        return {"step": step, "loss": losses[-1]}
 
-            saving = bool(cfg.save_every) and (step % cfg.save_every == 0 or step == cfg.steps)
-            # a checkpoint's log is complete up to its step: a run resumed from it re-logs only later steps
-            if step % cfg.log_every == 0 or step == cfg.steps or saving:
-                losses = dist.all_reduce(torch.stack(window_losses)).tolist()
-                dt = time.perf_counter() - window_t0
-                tps = window_tokens * dist.world / max(dt, 1e-9)
-                first = step - len(losses) + 1
-                for j, lv in enumerate(losses):
-                    rec = {"step": first + j, "loss": lv}
-                    if first + j == step:
-                        rec.update(lr=lr, tokens_per_s=tps, step_time_s=dt / len(losses))
-                        if grad_norm is not None:
-                            rec["grad_norm"] = float(grad_norm)
-                        for k, vs in window_stats.items():
-                            rec[k] = float(sum(float(v) for v in vs) / len(vs))
-                    self._log(rec)
-                last = {"step": step, "loss": losses[-1]}
-                shown = {"loss": losses[-1]}
-                if "reward" in window_stats:
-                    shown["reward"] = rec["reward"]  # the window mean, logged with the last step
-                bar.set(**shown, tok_s=tps)
-                window_losses, window_stats, window_tokens, window_t0 = [], {}, 0, time.perf_counter()
-            bar.update(1)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                metrics = self._run_eval(step)
-                if metrics:
-                    self._log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
-                    last.update({f"eval/{k}": v for k, v in metrics.items()})
-                    if dist.main:
-                        bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                              for k, v in metrics.items()))
-            if saving:
-                self._save(step, position)
-        bar.close()
-        final = self._save(step, position, final=True)
-        if self.tb is not None:
-            self.tb.close()
-        return {**last, "step": step, "final": str(final)}
+    def _evaluate_and_log(self, step: int, bar) -> dict:
+        metrics = self._run_eval(step)
+        if not metrics:
+            return {}
+        self._log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        if self.dist.main:
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in metrics.items()))
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+class _Window:
+    """What the loop gathers between two log lines."""
+
+    def __init__(self):
+        self.grad_norm = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.stats: dict[str, list] = {}
+        self.tokens, self.t0 = 0, time.perf_counter()
 
 
 def _last_logged(records: list[dict], step: int) -> dict:
@@ -528,34 +479,7 @@ def _last_logged(records: list[dict], step: int) -> dict:
     return out
 
 
-class SamplingPolicy:
-    """The model a stage samples from while it trains (GRPO's rollouts, on-policy distillation).
-
-    Plainly the model itself. Under FSDP its parameters are shards that only the loop's wrapped
-    forward gathers, and every rank would have to run the same forward passes in step (sampled
-    lengths differ), so sampling runs on a plain replica, copied from the model before it is
-    sharded and refreshed from the shards before each use (every rank gathers every tensor, in the
-    same order).
-    """
-
-    def __init__(self, model: nn.Module | None, fsdp: bool):
-        self.replica = copy.deepcopy(model).eval().requires_grad_(False) if fsdp and model is not None else None
-
-    @torch.no_grad()
-    def __call__(self, model: nn.Module) -> nn.Module:
-        if self.replica is None:
-            return model
-        from torch.distributed.tensor import DTensor
-
-        # parameters, not state_dict(): inside the wrapped forward (on-policy distillation) the root's
-        # parameters are gathered plain tensors, and FSDP's state-dict hooks would reshard them
-        own = dict(self.replica.to(next(model.parameters()).device).named_parameters())
-        for k, v in model.named_parameters():
-            own[k].copy_(v.full_tensor() if isinstance(v, DTensor) else v)
-        return self.replica
-
-
-def train(config: TrainConfig, model: nn.Module, tokenizer, stage, evaluate: Callable | None = None,
+def train(config: TrainConfig, model: nn.Module, tokenizer, stage: Stage, evaluate: Callable | None = None,
           stage_name: str | None = None) -> dict:
     """Run the loop; returns the last logged metrics plus `final` (the saved model folder)."""
     return Trainer(config, model, tokenizer, stage, evaluate, stage_name).run()

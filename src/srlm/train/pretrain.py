@@ -25,6 +25,7 @@ from srlm.data.io import read_texts
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.loop import build_model, train
+from srlm.train.stage import Stage
 
 
 @dataclass
@@ -39,7 +40,7 @@ class PretrainConfig(TrainConfig):
     warmup_steps: int = 50
 
 
-class PretrainStage:
+class PretrainStage(Stage):
     name = "pretrain"
 
     def __init__(self, config: PretrainConfig, tokenizer, documents: list[str] | None = None):

@@ -31,6 +31,7 @@ from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
 from srlm.train.lora import LoRAConfig, apply_lora
 from srlm.train.loop import build_model, train
+from srlm.train.stage import Stage
 
 
 @dataclass
@@ -85,7 +86,7 @@ def tokenized_source(tokenizer, source: str, config: SFTConfig) -> list[tuple[li
     return _TOKENIZED[key]
 
 
-class SFTStage:
+class SFTStage(Stage):
     """Tokenized conversations -> padded micro-batches; loss = summed CE over assistant tokens."""
 
     name = "sft"
