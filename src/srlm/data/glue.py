@@ -60,10 +60,13 @@ class GlueTask(Task):
         return find_file(p, [f"{stem}.tsv", f"{stem}.jsonl", f"*{stem}*.tsv", f"*{stem}*.jsonl"],
                          f"{self.name} split {split!r}", exts=(".tsv", ".jsonl"))
 
-    def load(self, split: str = "dev", data: str | None = None, limit: int | None = None) -> list[Example]:
+    def source(self, split: str, data: str | None) -> Path:
         if data is None:
             raise SrlmError(f"{self.name}: give the GLUE folder (with {self.folder}/ inside) or a file with --data")
-        path = self.find(data, split)
+        return self.find(data, split)
+
+    def load(self, split: str = "dev", data: str | None = None, limit: int | None = None) -> list[Example]:
+        path = self.source(split, data)
         out: list[Example] = []
         for line, row in self._rows(path):
             where = f"{path}:{line}"

@@ -64,7 +64,7 @@ def make_evaluate(config):
         backend = EngineBackend(Engine(model, tokenizer))
         flat = {}
         for name, (task, examples) in tasks.items():
-            metrics, _ = run_task(task, examples, backend, chat=tokenizer.has_chat_template, progress=False)
+            metrics, _ = run_task(task, examples, backend, shots=0, chat=tokenizer.has_chat_template, progress=False)
             flat.update({f"{name}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         return flat
 
