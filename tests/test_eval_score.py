@@ -83,7 +83,7 @@ def test_gsm8k_outputs_by_position_and_by_id(tmp_path):
     f = tmp_path / "out.jsonl"
     f.write_text("".join(json.dumps({"output": e.solution if i else "#### 0"}) + "\n" for i, e in enumerate(ex)))
     m, _ = score(task, ex, f)
-    assert m["accuracy"] == 0.75 and m["exact_match_strict"] == 0.75
+    assert m["accuracy"] == 0.75 and m["exact_match,strict-match"] == 0.75
     f.write_text("".join(json.dumps({"id": e.id, "completion": f"The answer is {e.answer}."}) + "\n"
                          for e in reversed(ex)))
     assert score(task, ex, f)[0]["accuracy"] == 1.0

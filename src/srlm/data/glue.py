@@ -145,6 +145,17 @@ class GlueTask(Task):
         out.update(invalid=sum(p < 0 for p in pred), n=n)
         return out
 
+    def protocol(self):
+        label = ("the label word with the highest log-likelihood after the prompt (or the first label word "
+                 "generated, with --scoring generate)")
+        metrics = {"accuracy": f"fraction of examples whose prediction, {label}, is the gold label"}
+        if self.metric == "mcc":
+            metrics = {"mcc": "Matthews correlation of predicted and gold labels (CoLA's GLUE metric)", **metrics}
+        elif self.metric == "f1":
+            metrics = {"f1": "F1 of the positive class (the GLUE metric with accuracy)", **metrics}
+        metrics["invalid"] = "predictions that are no label word (counted wrong)"
+        return {"metrics": metrics, "references": {}}
+
 
 @register
 class CoLA(GlueTask):
@@ -263,6 +274,13 @@ class STSB(GlueTask):
                 invalid += 1
         return {"pearson": stats.pearson(gold, pred), "spearman": stats.spearman(gold, pred),
                 "invalid": invalid, "n": len(records)}
+
+    def protocol(self):
+        return {"metrics": {
+            "pearson": "Pearson correlation of predicted and gold similarity; the prediction is the expected score "
+                       "under the label words' log-likelihoods (or the number generated)",
+            "spearman": "Spearman rank correlation of the same",
+            "invalid": "predictions that are no number (scored as 2.5)"}, "references": {}}
 
 
 GLUE_TASKS = ("glue-cola", "glue-sst2", "glue-mrpc", "glue-qqp", "glue-stsb", "glue-mnli", "glue-mnli-mm",

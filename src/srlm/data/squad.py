@@ -165,6 +165,15 @@ class SQuAD(Task):
                 out[f"{tag}_total"] = len(idx)
         return out
 
+    def protocol(self):
+        script = "v2.0" if self.v2 else "v1.1"
+        metrics = {"exact_match": f"the official SQuAD {script} evaluate script's exact match (normalised: lower "
+                                  "case, no punctuation or articles), best over the gold answers",
+                   "f1": f"the official {script} script's token F1, best over the gold answers"}
+        if self.v2:
+            metrics["HasAns_exact"] = "the same on answerable questions (HasAns_f1, and NoAns_* on unanswerable ones)"
+        return {"metrics": metrics, "references": {"SQuAD evaluate script": script}}
+
 
 @register
 class SQuAD2(SQuAD):

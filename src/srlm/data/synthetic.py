@@ -649,6 +649,10 @@ class SyntheticTask(Task):
             out[f"n@d{d}"] = len(by[d])
         return out
 
+    def protocol(self):
+        return {"metrics": {"accuracy": "fraction of examples whose final number equals the answer (as numbers)",
+                            "accuracy@dK": "the same over the problems of difficulty K"}, "references": {}}
+
 
 @register
 class SynthGSM(SyntheticTask):

@@ -55,11 +55,14 @@ class Result:
         return clean_json(out)
 
     def table(self) -> str:
-        """Metrics per task, then what each metric means."""
+        """Metrics per task, then what each metric means (once for tasks that share the meaning)."""
         lines = [format_table(self.tasks)]
+        meanings: dict[tuple[str, str], list[str]] = {}
         for name, card in self.protocol.items():
             for metric, meaning in card.get("metrics", {}).items():
-                lines.append(f"  {name} {metric}: {meaning}")
+                meanings.setdefault((metric, meaning), []).append(name)
+        for (metric, meaning), names in meanings.items():
+            lines.append(f"  {names[0] if len(names) == 1 else ', '.join(names)} {metric}: {meaning}")
         if self.glue:
             lines.append(f"GLUE score {self.glue['score']:.4f} over {self.glue['tasks']} task(s)")
         return "\n".join(lines)
