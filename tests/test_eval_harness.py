@@ -283,3 +283,29 @@ def test_cli_rejects_unknown_task_before_loading_a_model(tmp_path, monkeypatch):
         cli.run(_args(tmp_path, argv=["--task", "glue", "--data", str(tmp_path)]))
     with pytest.raises(SrlmError, match="unknown prompt 'gsm8k-cot'; this task has gsm8k, gsm8k_cot"):
         cli.run(_args(tmp_path, argv=["--task", "gsm8k", "--prompt", "gsm8k-cot", "--data", str(tmp_path)]))
+
+
+def test_srlm_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, gsm_dir, capsys):
+    """The real command on a model built here: the engine gets lm-eval's prompt and stops, eval.json its card."""
+    import torch
+
+    from srlm.cli import main as srlm_main
+    from srlm.model import CausalLM, preset, save
+    from srlm.tokenizer import train_bpe
+
+    tok = train_bpe(["Question: Tom has 12 apples and eats 3. How many are left?\nAnswer: 12 - 3 = 9\n#### 9"] * 30,
+                    vocab_size=300)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny"
+    save(CausalLM(preset("tiny", vocab_size=tok.vocab_size)).eval(), ckpt, tokenizer=tok)
+    for prompt, extra in (("gsm8k", ["--shots", "0"]), ("chat-boxed", [])):  # short prompts: a tiny CPU model
+        assert srlm_main(["eval", str(ckpt), "--task", "gsm8k", "--data", str(gsm_dir), "--prompt", prompt, "--limit",
+                          "2", "--max-new-tokens", "4", "--no-progress", "--out", str(tmp_path / f"{prompt}.json"),
+                          *extra]) == 0
+        res = json.loads((tmp_path / f"{prompt}.json").read_text())
+        card = res["protocol"]["gsm8k"]
+        assert card["prompt"]["name"] == prompt and card["data"]["evaluated"] == 2 and res["tasks"]["gsm8k"]["n"] == 2
+        assert card["generation"]["max_new_tokens"] == 4 and card["chat_template"] == (prompt == "chat-boxed")
+        assert card["shots"] == {"n": 0}
+    out = capsys.readouterr().out
+    assert out.count("\nprotocol gsm8k: test.jsonl sha256:") == 2

@@ -281,10 +281,10 @@ class GSM8K(Task):
         where = "lm-eval's" if name != "chat-boxed" else "srlm's (lm-eval has no boxed gsm8k)"
         return {
             "metrics": {
-                "exact_match,strict-match": f"{where} strict-match filter: {'first' if group == 0 else 'last'} match "
+                "exact_match,strict-match": f"strict-match, {where}: the {'first' if group == 0 else 'last'} match "
                                             f"of {pattern.pattern!r}, else '[invalid]'; then lm-eval gsm8k's "
                                             "exact_match (drop ',', '$', up to '#### ', a final '.'; ignore case)",
-                "exact_match,flexible-extract": f"lm-eval's flexible-extract filter: last match of "
+                "exact_match,flexible-extract": f"flexible-extract, lm-eval's: the last match of "
                                                 f"{FLEXIBLE_EXTRACT[0].pattern!r}; then the same exact_match",
                 "accuracy": "srlm's lenient reading (not comparable with published figures): first '#### N', "
                             "'The answer is N' or '\\boxed{N}', else the last number; equal as decimals",

@@ -37,7 +37,7 @@ def stage_module(stage: str):
 
 
 def make_evaluate(config):
-    """An `evaluate(model, tokenizer, step) -> dict` over `config.eval_tasks` (greedy, test split), or None.
+    """An `evaluate(model, tokenizer, step) -> dict` over `config.eval_tasks` (greedy, zero-shot, test split), or None.
 
     Task options come from `data_options` when the task is one of the SFT sources (same
     difficulties for the held-out test split); chat models are prompted with their template.
