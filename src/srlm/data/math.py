@@ -6,7 +6,7 @@ what follows "final answer is". Two answers are equivalent when
 1. their strings are equal after `normalize` (Hendrycks' `strip_string` and the Minerva
    normaliser: `\\left`/`\\right`, `\\dfrac`, `^\\circ`, `\\$`, units text, spaces, `\\!`, a
    trailing `.`, `x =`, thousands commas, ...): a fast path that also settles what
-   math-verify's parser reads differently (`5.`, `90°`, `5,000 dollars`); or
+   math-verify's parser reads differently (`5.`, `90°`, `5,000 dollars`, `12.5\\%`); or
 2. Hugging Face's math-verify (as open-r1 and lighteval use it) parses both as LaTeX and
    `verify(gold, prediction)` holds: numbers, fractions in every spelling, mixed numbers,
    expressions up to algebra (`(x+1)(x-1)` = `(x-1)(x+1)`), unordered sets and solution

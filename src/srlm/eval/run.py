@@ -314,6 +314,8 @@ def evaluate(checkpoint: str | Path | None, task: str | list[str], data: str | N
     planned = [_plan(n, task_data.get(n, data), split, limit, prompt, chat, shots, shot_data, max_new_tokens, scoring)
                for n in names]
     if backend is None:
+        if checkpoint is None:
+            raise SrlmError("evaluate: give a checkpoint folder, or a backend")
         backend = make_backend(checkpoint, device=device, dtype=dtype, quantize=quantize, seed=seed)
 
     from srlm import __version__
