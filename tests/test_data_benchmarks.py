@@ -1,11 +1,12 @@
 """Benchmark loaders on the real-format samples, answer extraction and MATH equivalence."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from srlm.data.gsm8k import extract_flexible, extract_strict
+from srlm.data.gsm8k import INVALID, exact_match, extract_lenient, flexible_extract, strict_match
 from srlm.data.math import is_equiv, last_boxed, normalize
 from srlm.data.tasks import get_task
 from srlm.errors import SrlmError
@@ -24,19 +25,24 @@ def test_gsm8k_loads_official_jsonl():
     assert len(t.load(split="train", data=str(SAMPLES / "gsm8k"), limit=3)) == 3
 
 
-def test_gsm8k_strict_and_flexible_extraction():
-    assert extract_strict("so $1,000.\n#### 1,000") == "1000"
-    assert extract_strict("The answer is $18.") == "18"
-    assert extract_strict("I think 12 then 13") is None
-    assert extract_flexible("I think 12 then $1,300.") == "1300"
+def test_gsm8k_lm_eval_filters_and_srlm_lenient_reading():
+    assert strict_match("so $1,000.\n#### 1,000") == "1,000" and exact_match("1,000", "steps\n#### 1000")
+    assert strict_match("The answer is $18.") == INVALID and strict_match("The answer is 18.", "gsm8k_cot") == "18"
+    assert strict_match("\\boxed{7} then \\boxed{18}", "chat-boxed") == "18"
+    assert flexible_extract("I think 12 then $1,300.") == "$1,300." and exact_match("$1,300.", "1300")
+    assert not exact_match("5.00", "#### 5") and flexible_extract("nothing") == INVALID
+    assert extract_lenient("The answer is $18.") == "18" and extract_lenient("I think 12 then $1,300.") == "1300"
+    assert extract_lenient("so \\boxed{42} and 7") == "42" and extract_lenient("I think 12 then 13") == "13"
     t = get_task("gsm8k")
     ex = t.load(split="train", data=str(SAMPLES / "gsm8k"), limit=1)[0]
     recs = [{"output": "48 + 24 = 72", "gold": "72", "correct": True},        # flexible only
             {"output": "#### 72 and then 5", "gold": "72", "correct": True},  # strict only
-            {"output": "nothing", "gold": "72", "correct": False}]
+            {"output": "nothing", "gold": "72", "correct": False}]            # no meta: the gold is the reference
     m = t.metrics(recs)
-    assert m["exact_match_strict"] == pytest.approx(1 / 3) and m["exact_match_flexible"] == pytest.approx(1 / 3)
+    assert m["exact_match,strict-match"] == pytest.approx(1 / 3)
+    assert m["exact_match,flexible-extract"] == pytest.approx(1 / 3) and m["accuracy"] == pytest.approx(2 / 3)
     assert t.is_correct("72.00", ex) and not t.is_correct("7.2", ex) and not t.is_correct(None, ex)
+    assert ex.meta["answer"].endswith("#### 72") and "<<" in ex.meta["answer"]  # the record's answer, verbatim
 
 
 def test_gsm8k_malformed_line_names_file_and_line(tmp_path):
@@ -63,6 +69,29 @@ def test_last_boxed_nested_braces():
     (r"\text{Evelyn}", "Evelyn"), (r"3\sqrt{13}", r"\sqrt{117}"), ("p - q", "-q+p"), ("4,6,14,15", "4, 6, 14, 15"),
     ("1,000", "1000"), (r"\$18.90", "18.9"), (r"10\%", "10"), ("x=5", "5"), (r"-\frac{1}{8}", "-0.125"),
     (r"\frac{x+2}{7}", r"\frac{x}{7}+\frac{2}{7}"), ("2^{10}", "1024"), ("187.5", r"\frac{375}{2}"), ("5.", "5"),
+    # factorised polynomials in any order
+    ("(x+1)(x-1)", "(x-1)(x+1)"), ("(x-2)(x+3)", "(x+3)(x-2)"), ("(2a+b)(a-b)", "(a-b)(2a+b)"),
+    # mixed numbers
+    (r"2\frac{1}{2}", r"\frac{5}{2}"), (r"1\frac{1}{4}", "1.25"), (r"3\frac{2}{3}", r"\frac{11}{3}"),
+    # fractions in all spellings
+    (r"\dfrac{1}{2}", "1/2"), (r"\tfrac12", "0.5"), (r"\frac{1}{2}", r"\frac12"), (r"\dfrac{3}{4}", "0.75"),
+    ("-1/2", r"-\frac{1}{2}"), (r"\frac{-1}{2}", r"-\tfrac12"), (r"\frac{\sqrt{3}}{2}", r"\frac{1}{2}\sqrt{3}"),
+    # unordered solution sets, intervals and unions
+    (r"\{1,2\}", r"\{2,1\}"), (r"\{-2, 3\}", r"\{3,-2\}"), ("2, -2", "-2, 2"), (r"\pm 2", "2, -2"),
+    ("[-2,7)", "[-2, 7)"), (r"(-\infty, 3]", r"(-\infty,3]"), (r"\left[ 1, 2 \right)", "[1,2)"),
+    (r"(-\infty,-2) \cup (-2, \infty)", r"(-\infty,-2)\cup(-2,\infty)"),
+    # degrees, units, percentages
+    (r"30^\circ", "30"), (r"90^{\circ}", "90"), ("90°", "90"), (r"5\text{ cm}", "5"), (r"8\text{ inches}", "8"),
+    (r"16\text{ square units}", "16"), (r"5\sqrt{2}\text{ cm}", r"5\sqrt2"), ("5,000 dollars", "5000"),
+    (r"10,\!000", "10000"), (r"45\%", "45"), (r"12.5\%", r"12.5"),
+    # matrices and vectors
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}"),
+    (r"\begin{pmatrix} 1/2 \\ -3 \end{pmatrix}", r"\begin{pmatrix} \frac12 \\ -3 \end{pmatrix}"),
+    # \text{} answers
+    (r"\text{(C)}", "C"), (r"\textbf{Sunday}", r"\text{Sunday}"), (r"\text{even}", "even"), (r"\mbox{odd}", "odd"),
+    # ordered pairs and tuples
+    ("(2, 3)", r"\left(2,3\right)"), (r"(1, \frac{1}{2})", "(1, 0.5)"), (r"(-1, 2, \sqrt{3})", r"(-1,2,\sqrt3)"),
 ])
 def test_math_equivalent(a, b):
     assert is_equiv(a, b) and is_equiv(b, a)
@@ -70,11 +99,40 @@ def test_math_equivalent(a, b):
 
 @pytest.mark.parametrize("a,b", [
     ("[-2,7)", "[-2,7]"), ("(3, 1.5708)", r"(3,\frac{\pi}{2})"), (r"\text{Evelyn}", "Bob"), ("q-p", "p - q"),
-    ("4,6,14,15", "4,6,14"), (r"\pi", "3.14159"), ("E", "e"), ("__import__('os').getcwd()", "1"),
-    ("2^{99999}", "1"), (None, "1"), ("", "1"),
+    ("4,6,14,15", "4,6,14"), (r"\pi", "3.14159"), ("__import__('os').getcwd()", "1"), ("2^{99999}", "1"),
+    (None, "1"), ("", "1"), ("(x+1)(x-1)", "(x+1)(x+1)"), (r"2\frac{1}{2}", "1"), (r"2\frac{1}{2}", r"\frac{2}{2}"),
+    (r"\frac{1}{2}", "2"), (r"\{1,2\}", r"\{1,2,3\}"), ("(1,2]", "(1,2)"), (r"(-\infty, 3]", r"(-\infty, 3)"),
+    (r"30^\circ", "60"), (r"5\text{ cm}", "6"), (r"10\%", "20"),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}2\\1\end{pmatrix}"), (r"\text{B}", "C"),
+    (r"\text{Evelyn}", r"\text{Nevely}"), ("(1,2)", "(2,1)"), ("(2,3,4)", "(2,4,3)"), ("(1, 2)", "(1, 2, 3)"),
 ])
 def test_math_not_equivalent(a, b):
-    assert not is_equiv(a, b)
+    assert not is_equiv(a, b) and not is_equiv(b, a)
+
+
+def test_math_equivalence_never_evaluates_text_and_keeps_its_time_limit(monkeypatch):
+    import sympy.parsing.sympy_parser as sp
+    import time
+
+    import math_verify.parser as mvp
+
+    # sympy's parse_expr runs eval on its input: it may only ever see number literals the LaTeX
+    # grammar has already lexed (latex2sympy2 builds sympy.Number from them), never an answer's text
+    seen, original = [], sp.parse_expr
+
+    def spy(text, *a, **k):
+        seen.append(text)
+        return original(text, *a, **k)
+
+    for mod in (sp, mvp):
+        monkeypatch.setattr(mod, "parse_expr", spy)
+    assert is_equiv("1/2", "0.5") and is_equiv("2x + 1", "1 + 2x")
+    for a, b in [("__import__('os').getcwd()", "1"), ("(lambda: 1)()", "1"), ("Symbol('x')", "x")]:
+        assert not is_equiv(a, b)
+    assert seen and all(re.fullmatch(r"[0-9]+(\.[0-9]*)?", t) for t in seen), seen
+    t0 = time.perf_counter()
+    assert not is_equiv("9^{9^{9}}", "1", timeout=0.5)  # sympy would work on this for minutes
+    assert time.perf_counter() - t0 < 3
 
 
 def test_math_samples_gold_and_verifier():

@@ -12,6 +12,7 @@ from srlm.cli import main as srlm_main
 from srlm.data.tasks import get_task
 from srlm.errors import SrlmError
 from srlm.eval import cli as eval_cli
+from srlm.eval import run as eval_run
 from srlm.eval.score import score
 from srlm.model import CausalLM, load_model, preset, save
 from srlm.tokenizer import Tokenizer
@@ -151,11 +152,11 @@ def test_srlm_eval_records_score_against_the_same_data_under_another_name(tmp_pa
         def generate(self, prompts, n, max_new_tokens, temperature, stop):
             return [[next(s for q, s in answers.items() if q in p)] * n for p in prompts]
 
-    monkeypatch.setattr(eval_cli, "make_backend", lambda path, args: Gold())
+    monkeypatch.setattr(eval_run, "make_backend", lambda *a, **k: Gold())
     p = argparse.ArgumentParser()
     eval_cli.add_arguments(p)
     out = tmp_path / "res" / "gsm8k.json"
-    eval_cli.run(p.parse_args([str(tmp_path), "--task", "gsm8k", "--data", str(data), "--limit", "4",
+    eval_cli.run(p.parse_args([str(tmp_path), "--task", "gsm8k", "--data", str(data), "--limit", "4", "--shots", "0",
                                "--out", str(out), "--no-progress"]))
     renamed = tmp_path / "copy" / "gsm8k_test_renamed.jsonl"
     renamed.parent.mkdir()

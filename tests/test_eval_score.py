@@ -83,13 +83,32 @@ def test_gsm8k_outputs_by_position_and_by_id(tmp_path):
     f = tmp_path / "out.jsonl"
     f.write_text("".join(json.dumps({"output": e.solution if i else "#### 0"}) + "\n" for i, e in enumerate(ex)))
     m, _ = score(task, ex, f)
-    assert m["accuracy"] == 0.75 and m["exact_match_strict"] == 0.75
+    assert m["accuracy"] == 0.75 and m["exact_match,strict-match"] == 0.75
     f.write_text("".join(json.dumps({"id": e.id, "completion": f"The answer is {e.answer}."}) + "\n"
                          for e in reversed(ex)))
     assert score(task, ex, f)[0]["accuracy"] == 1.0
     f.write_text(json.dumps({"output": "1"}) + "\n" + "{bad json\n")
     with pytest.raises(SrlmError, match=r"out.jsonl:2"):
         score(task, ex, f)
+
+
+def test_gsm8k_score_follows_the_prompt_the_outputs_were_made_with(tmp_path, capsys):
+    data = SAMPLES / "gsm8k" / "train_sample.jsonl"
+    ex = get_task("gsm8k").load(split="train", data=str(data), limit=4)
+    f = tmp_path / "out.jsonl"
+    f.write_text("".join(json.dumps({"id": e.id, "output": f"... The answer is {e.answer}."}) + "\n" for e in ex))
+    got = {}
+    for prompt in ("gsm8k", "gsm8k_cot"):
+        out = tmp_path / f"{prompt}.json"
+        argv = ["score", "--task", "gsm8k", "--split", "train", "--data", str(data), "--predictions", str(f),
+                "--allow-missing", "--out", str(out)] + (["--prompt", prompt] if prompt != "gsm8k" else [])
+        assert srlm_main(argv) == 0
+        got[prompt] = json.loads(out.read_text())
+    n = got["gsm8k"]["metrics"]["n"]
+    assert got["gsm8k"]["prompt"] == "gsm8k" and got["gsm8k_cot"]["prompt"] == "gsm8k_cot"
+    assert got["gsm8k"]["metrics"]["exact_match,strict-match"] == 0.0  # lm-eval gsm8k's strict wants '#### N'
+    assert got["gsm8k_cot"]["metrics"]["exact_match,strict-match"] == pytest.approx(4 / n)  # gsm8k_cot's wants this
+    assert "strict-match, lm-eval's: the first match of 'The answer is" in capsys.readouterr().out
 
 
 def test_score_command_line(tmp_path, capsys):

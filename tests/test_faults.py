@@ -583,6 +583,7 @@ def test_eval_on_a_read_only_checkpoint_checks_first_and_writes_elsewhere(tmp_pa
     import argparse
 
     from srlm.eval import cli as eval_cli
+    from srlm.eval import run as eval_run
 
     tok = Tokenizer.from_dir(tok_dir)
     ckpt = read_only("ckpt", lambda f: save(CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=32,
@@ -595,7 +596,7 @@ def test_eval_on_a_read_only_checkpoint_checks_first_and_writes_elsewhere(tmp_pa
     eval_cli.add_arguments(p)
     argv = [str(ckpt), "--task", "synth-arith", "--limit", "2", "--max-new-tokens", "4", "--no-progress"]
     # an --out that cannot be written is refused before the model is even loaded
-    monkeypatch.setattr(eval_cli, "make_backend", lambda *a: pytest.fail("evaluated before checking --out"))
+    monkeypatch.setattr(eval_run, "make_backend", lambda *a, **k: pytest.fail("evaluated before checking --out"))
     with pytest.raises(SrlmError, match="cannot write --out results"):
         eval_cli.run(p.parse_args(argv + ["--out", str(ckpt / "m.json")]))
     monkeypatch.undo()

@@ -60,10 +60,13 @@ class GlueTask(Task):
         return find_file(p, [f"{stem}.tsv", f"{stem}.jsonl", f"*{stem}*.tsv", f"*{stem}*.jsonl"],
                          f"{self.name} split {split!r}", exts=(".tsv", ".jsonl"))
 
-    def load(self, split: str = "dev", data: str | None = None, limit: int | None = None) -> list[Example]:
+    def source(self, split: str, data: str | None) -> Path:
         if data is None:
             raise SrlmError(f"{self.name}: give the GLUE folder (with {self.folder}/ inside) or a file with --data")
-        path = self.find(data, split)
+        return self.find(data, split)
+
+    def load(self, split: str = "dev", data: str | None = None, limit: int | None = None) -> list[Example]:
+        path = self.source(split, data)
         out: list[Example] = []
         for line, row in self._rows(path):
             where = f"{path}:{line}"
@@ -141,6 +144,17 @@ class GlueTask(Task):
             out = {"f1": stats.f1_binary(gold, pred, positive=1), **out}
         out.update(invalid=sum(p < 0 for p in pred), n=n)
         return out
+
+    def protocol(self):
+        label = ("the label word with the highest log-likelihood after the prompt (or the first label word "
+                 "generated, with --scoring generate)")
+        metrics = {"accuracy": f"fraction of examples whose prediction, {label}, is the gold label"}
+        if self.metric == "mcc":
+            metrics = {"mcc": "Matthews correlation of predicted and gold labels (CoLA's GLUE metric)", **metrics}
+        elif self.metric == "f1":
+            metrics = {"f1": "F1 of the positive class (the GLUE metric with accuracy)", **metrics}
+        metrics["invalid"] = "predictions that are no label word (counted wrong)"
+        return {"metrics": metrics, "references": {}}
 
 
 @register
@@ -260,6 +274,13 @@ class STSB(GlueTask):
                 invalid += 1
         return {"pearson": stats.pearson(gold, pred), "spearman": stats.spearman(gold, pred),
                 "invalid": invalid, "n": len(records)}
+
+    def protocol(self):
+        return {"metrics": {
+            "pearson": "Pearson correlation of predicted and gold similarity; the prediction is the expected score "
+                       "under the label words' log-likelihoods (or the number generated)",
+            "spearman": "Spearman rank correlation of the same",
+            "invalid": "predictions that are no number (scored as 2.5)"}, "references": {}}
 
 
 GLUE_TASKS = ("glue-cola", "glue-sst2", "glue-mrpc", "glue-qqp", "glue-stsb", "glue-mnli", "glue-mnli-mm",

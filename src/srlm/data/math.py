@@ -1,25 +1,31 @@
-"""MATH (Hendrycks et al. 2021) and MATH-500 from jsonl; answer equivalence without `eval`.
+"""MATH (Hendrycks et al. 2021) and MATH-500 from jsonl; answer equivalence by math-verify, without `eval`.
 
 Gold is the content of the last `\\boxed{...}` of `solution` (braces nested); MATH-500's
 `answer` field must equal it. A prediction is the last `\\boxed{}` of the output, or
-what follows "final answer is". Equivalence, in order:
-1. string equality after `normalize` (Hendrycks' `strip_string` and the Minerva
+what follows "final answer is". Two answers are equivalent when
+1. their strings are equal after `normalize` (Hendrycks' `strip_string` and the Minerva
    normaliser: `\\left`/`\\right`, `\\dfrac`, `^\\circ`, `\\$`, units text, spaces, `\\!`, a
-   trailing `.`, `x =`, thousands commas, ...);
-2. element-wise for tuples, intervals and lists (same brackets, same length);
-3. sympy: a hand-written LaTeX-to-expression conversion (fractions, roots, powers,
-   pi, implicit products) whose result must pass a token whitelist before
-   `parse_expr` sees it, compared by `simplify(a - b) == 0` or numerically, under a
-   deadline (SIGALRM on the main thread; elsewhere inputs are size-capped instead).
+   trailing `.`, `x =`, thousands commas, ...): a fast path that also settles what
+   math-verify's parser reads differently (`5.`, `90°`, `5,000 dollars`, `12.5\\%`); or
+2. Hugging Face's math-verify (as open-r1 and lighteval use it) parses both as LaTeX and
+   `verify(gold, prediction)` holds: numbers, fractions in every spelling, mixed numbers,
+   expressions up to algebra (`(x+1)(x-1)` = `(x-1)(x+1)`), unordered sets and solution
+   lists, intervals, ordered tuples, matrices, percentages, degrees, units, `\\text{}`.
+   Only LaTeX parsing is used (its plain-expression parser calls sympy's `parse_expr`,
+   i.e. `eval`); each comparison runs under `time_limit` (SIGALRM, main thread only;
+   elsewhere answers over MAX_ANSWER_CHARS are refused instead).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import logging
 import re
 
 from srlm.data.deadline import TimeLimitExceeded, time_limit
 from srlm.data.io import field, find_file, read_jsonl
-from srlm.data.tasks import Example, Task, register
+from srlm.data.tasks import Example, Prompt, Task, register
 from srlm.errors import SrlmError
 
 # ---------------------------------------------------------------- boxed answers
@@ -138,160 +144,67 @@ def normalize(answer: str | None) -> str:
     return s
 
 
-# ---------------------------------------------------------------- LaTeX -> sympy, safely
+# ---------------------------------------------------------------- equivalence
 
-_IDENT_OK = {"sqrt", "pi", "oo", "sin", "cos", "tan", "log", "exp"}
-_SAFE = re.compile(r"[0-9a-zA-Z+\-*/()., ]*")
-_MAX_LEN = 160
-
-
-def _latex_to_expr(s: str) -> str | None:
-    """A plain arithmetic string for `parse_expr`, or None when `s` uses anything unknown."""
-    if len(s) > _MAX_LEN:
-        return None
-    out = []
-    i = 0
-    while i < len(s):
-        if s.startswith("\\frac", i):
-            a = _braced(s, i + 5) if s[i + 5:i + 6] == "{" else None
-            b = _braced(s, a[1]) if a and s[a[1]:a[1] + 1] == "{" else None
-            if not b:
-                return None
-            na, nb = _latex_to_expr(a[0]), _latex_to_expr(b[0])
-            if na is None or nb is None:
-                return None
-            out.append(f"(({na})/({nb}))")
-            i = b[1]
-        elif s.startswith("\\sqrt", i):
-            j, root = i + 5, "2"
-            if s[j:j + 1] == "[":
-                k = s.find("]", j)
-                if k < 0:
-                    return None
-                root = _latex_to_expr(s[j + 1:k])
-                j = k + 1
-            a = _braced(s, j) if s[j:j + 1] == "{" else None
-            if not a or root is None:
-                return None
-            na = _latex_to_expr(a[0])
-            if na is None:
-                return None
-            out.append(f"sqrt({na})" if root == "2" else f"(({na})**(1/({root})))")
-            i = a[1]
-        elif s[i] == "\\":
-            m = re.match(r"\\([a-zA-Z]+)", s[i:])
-            if not m:
-                return None
-            name = m.group(1)
-            repl = {"pi": " pi ", "cdot": "*", "times": "*", "div": "/", "infty": " oo ", "sin": " sin", "cos": " cos",
-                    "tan": " tan", "ln": " log", "log": " log", "exp": " exp"}.get(name)
-            if repl is None:
-                return None
-            out.append(repl)
-            i += len(m.group(0))
-        elif s[i] == "^":
-            out.append("**")
-            i += 1
-        elif s[i] in "{}":
-            out.append("(" if s[i] == "{" else ")")
-            i += 1
-        else:
-            out.append(s[i])
-            i += 1
-    expr = "".join(out)
-    if not _SAFE.fullmatch(expr.replace("**", "*")) or "__" in expr:
-        return None
-    for ident in re.findall(r"[a-zA-Z]+", expr):
-        if ident not in _IDENT_OK and len(ident) > 1:
-            return None
-    # Huge integer powers would hang simplify: refuse exponents with many digits.
-    if re.search(r"\*\*\(?\d{4,}", expr):
-        return None
-    return expr
+#: answers longer than this are not compared symbolically (the time limit needs the main thread)
+MAX_ANSWER_CHARS = 1000
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
-def _to_sympy(s: str):
-    import sympy
-    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
-                                            standard_transformations)
+class _QuietTimeoutWarning(logging.Filter):
+    """math-verify warns once that its own timeouts are off; srlm's time_limit replaces them."""
 
-    expr = _latex_to_expr(s)
-    if expr is None or not expr.strip():
-        return None
-    # Every single letter is a plain symbol: parse_expr would otherwise map E, I, N, S, O, Q to sympy objects.
-    local = {c: sympy.Symbol(c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"}
-    local.update({"pi": sympy.pi, "oo": sympy.oo, "sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos,
-                  "tan": sympy.tan, "log": sympy.log, "exp": sympy.exp})
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout is disabled")
+
+
+@functools.lru_cache(maxsize=1)
+def _math_verify():
     try:
-        return parse_expr(expr, local_dict=local, global_dict={"Integer": sympy.Integer, "Float": sympy.Float,
-                                                               "Rational": sympy.Rational, "Symbol": sympy.Symbol},
-                          transformations=standard_transformations + (implicit_multiplication_application, convert_xor),
-                          evaluate=True)
-    except Exception:  # noqa: BLE001 - any parse failure means "not comparable symbolically"
+        import math_verify
+    except ModuleNotFoundError:
+        raise SrlmError("MATH answers are checked with math-verify: pip install 'math-verify>=0.9'") from None
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_QuietTimeoutWarning())
+    return math_verify
+
+
+def math_verify_version() -> str | None:
+    try:
+        return importlib.metadata.version("math-verify")
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def _sympy_equal(a: str, b: str, timeout: float) -> bool:
-    import sympy
+def _parse(answer: str):
+    mv = _math_verify()
+    # LaTeX extraction only: math-verify's ExprExtractionConfig hands text to sympy's parse_expr, which runs eval.
+    # Its own timeouts are off (None): they use signal.alarm, which would cancel an enclosing time_limit.
+    return mv.parse("$" + _UNESCAPED_DOLLAR.sub("", answer) + "$",
+                    extraction_config=[mv.LatexExtractionConfig()], parsing_timeout=None)
 
+
+def verify(prediction: str, gold: str, timeout: float = 5.0) -> bool:
+    """math-verify's verdict (parse both as LaTeX, then `verify(gold, prediction)`), False past `timeout` seconds."""
+    if len(prediction) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return False
+    mv = _math_verify()
     try:
         with time_limit(timeout):
-            ea, eb = _to_sympy(a), _to_sympy(b)
-            if ea is None or eb is None:
-                return False
-            diff = sympy.simplify(ea - eb)
-            if diff == 0:
-                return True
-            if diff.is_number:
-                v = complex(sympy.N(diff))
-                scale = max(1.0, abs(complex(sympy.N(eb))))
-                return abs(v) <= 1e-8 * scale
-            return False
+            g, p = _parse(gold), _parse(prediction)
+            return bool(g and p and mv.verify(g, p, timeout_seconds=None))
     except TimeLimitExceeded:
         return False
-    except Exception:  # noqa: BLE001 - sympy raises many types on odd input; treat as not equal
-        return False
 
 
-def _split_top(s: str) -> list[str]:
-    parts, depth, cur = [], 0, []
-    for c in s:
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        if c == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-    parts.append("".join(cur))
-    return parts
-
-
-def is_equiv(prediction: str | None, gold: str | None, timeout: float = 2.0) -> bool:
+def is_equiv(prediction: str | None, gold: str | None, timeout: float = 5.0) -> bool:
     """True when two final answers are mathematically the same (see the module docstring)."""
     if prediction is None or gold is None:
         return False
     a, b = normalize(prediction), normalize(gold)
-    if a == b:
-        return True
     if not a or not b:
         return False
-    # Tuples, intervals and lists: same brackets, same number of elements, each element equal.
-    ba, bb = (a[0] + a[-1]), (b[0] + b[-1])
-    bracketed = ba[0] in "([" and ba[1] in ")]" and bb[0] in "([" and bb[1] in ")]"
-    if bracketed or ("," in a and "," in b):
-        if bracketed:
-            if ba != bb:
-                return False
-            a, b = a[1:-1], b[1:-1]
-        pa, pb = _split_top(a), _split_top(b)
-        if len(pa) != len(pb) or (len(pa) == 1 and not bracketed):
-            return False
-        if len(pa) > 1 or bracketed:
-            return all(x == y or _sympy_equal(x, y, timeout) for x, y in zip(pa, pb))
-    return _sympy_equal(a, b, timeout)
+    return a == b or verify(prediction, gold, timeout)
 
 
 # ---------------------------------------------------------------- tasks
@@ -304,6 +217,8 @@ class MATH(Task):
     max_new_tokens = 512
     default_split = "test"
     _files = ["{split}.jsonl", "*{split}*.jsonl", "*.jsonl"]
+    prompts = {"default": Prompt("default", "'Problem: {problem}\\nSolution:' as text (shots: problem and solution); "
+                                 "as chat, the problem then 'Put your final answer within \\boxed{}.'")}
 
     def _gold(self, obj, where) -> str:
         sol = field(obj, ("solution",), where)
@@ -315,10 +230,13 @@ class MATH(Task):
     def _id(self, obj, n) -> str:
         return str(obj.get("unique_id", obj.get("idx", obj.get("id", f"{self.name}-{n}"))))
 
-    def load(self, split: str = "test", data: str | None = None, limit: int | None = None) -> list[Example]:
+    def source(self, split: str, data: str | None):
         if data is None:
             raise SrlmError(f"{self.name}: give the jsonl file with --data FILE_OR_DIR")
-        path = find_file(data, [f.format(split=split) for f in self._files], f"{self.name} split {split!r}")
+        return find_file(data, [f.format(split=split) for f in self._files], f"{self.name} split {split!r}")
+
+    def load(self, split: str = "test", data: str | None = None, limit: int | None = None) -> list[Example]:
+        path = self.source(split, data)
         out = []
         for line, obj in read_jsonl(path):
             where = f"{path}:{line}"
@@ -353,6 +271,12 @@ class MATH(Task):
     def answer_key(self, prediction: str) -> str:
         """Votes for maj@k are grouped by normalised answer."""
         return normalize(prediction)
+
+    def protocol(self):
+        return {"metrics": {"accuracy": "last \\boxed{} of the output (or what follows 'final answer is') equivalent "
+                                        "to the gold answer: equal after srlm's normalize, or math-verify's "
+                                        "verify(gold, prediction) on both parsed as LaTeX"},
+                "references": {"math-verify": math_verify_version() or "not installed"}}
 
 
 @register

@@ -78,12 +78,16 @@ class SQuAD(Task):
     v2: bool = False
     stop = ["\n"]
 
-    def load(self, split: str = "dev", data: str | None = None, limit: int | None = None) -> list[Example]:
-        if data is None:
-            raise SrlmError(f"{self.name}: give the official JSON (e.g. dev-v{'2.0' if self.v2 else '1.1'}.json) with --data")
+    def source(self, split: str, data: str | None):
         ver = "2.0" if self.v2 else "1.1"
-        path = find_file(data, [f"{split}-v{ver}*.json", f"*{split}*v{ver}*.json", f"*{split}*.json"],
+        if data is None:
+            raise SrlmError(f"{self.name}: give the official JSON (e.g. dev-v{ver}.json) with --data")
+        return find_file(data, [f"{split}-v{ver}*.json", f"*{split}*v{ver}*.json", f"*{split}*.json"],
                          f"{self.name} split {split!r}", exts=(".json",))
+
+    def load(self, split: str = "dev", data: str | None = None, limit: int | None = None) -> list[Example]:
+        ver = "2.0" if self.v2 else "1.1"
+        path = self.source(split, data)
         obj = read_json(path)
         if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
             raise SrlmError(f"{path}: expected the SQuAD JSON layout {{'data': [{{'paragraphs': [{{'qas': ...}}]}}]}}")
@@ -160,6 +164,15 @@ class SQuAD(Task):
                     out[f"{tag}_f1"] = sum(f1[i] for i in idx) / len(idx)
                 out[f"{tag}_total"] = len(idx)
         return out
+
+    def protocol(self):
+        script = "v2.0" if self.v2 else "v1.1"
+        metrics = {"exact_match": f"the official SQuAD {script} evaluate script's exact match (normalised: lower "
+                                  "case, no punctuation or articles), best over the gold answers",
+                   "f1": f"the official {script} script's token F1, best over the gold answers"}
+        if self.v2:
+            metrics["HasAns_exact"] = "the same on answerable questions (HasAns_f1, and NoAns_* on unanswerable ones)"
+        return {"metrics": metrics, "references": {"SQuAD evaluate script": script}}
 
 
 @register

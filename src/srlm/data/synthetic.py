@@ -602,6 +602,10 @@ class SyntheticTask(Task):
         if options.get("scratchpad"):  # digit-by-digit traces are ~4x longer
             self.max_new_tokens = 4 * type(self).max_new_tokens
 
+    def source(self, split: str, data: str | None) -> Path | None:
+        """The jsonl given as data (every split reads it), or None: problems generated for `split`."""
+        return Path(data) if data is not None else None
+
     def load(self, split: str = "test", data: str | None = None, limit: int | None = None) -> list[Example]:
         if data is not None:
             examples = load_jsonl(data)[:limit]
@@ -644,6 +648,10 @@ class SyntheticTask(Task):
             out[f"accuracy@d{d}"] = sum(by[d]) / len(by[d])
             out[f"n@d{d}"] = len(by[d])
         return out
+
+    def protocol(self):
+        return {"metrics": {"accuracy": "fraction of examples whose final number equals the answer (as numbers)",
+                            "accuracy@dK": "the same over the problems of difficulty K"}, "references": {}}
 
 
 @register

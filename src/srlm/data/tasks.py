@@ -8,11 +8,18 @@ models, tokenizers or generation: the evaluation harness (`srlm.eval`) and the
 training stages (`srlm.train`) drive it.
 
 Adding a task is one file: subclass `Task`, decorate it with `@register`.
+
+A task may offer several named prompt templates (`Task.prompts`, chosen with
+`task.with_prompt(name)`): a template says how examples become prompts, how many few-shot
+examples it standardly uses and where they come from, where generation stops, and what it
+mirrors (e.g. lm-evaluation-harness's `gsm8k`). Every task has at least "default".
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from srlm.errors import SrlmError, did_you_mean
@@ -39,6 +46,51 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: how a template's few-shot examples are drawn
+SAMPLERS = {
+    "first": "the first k examples of the train split",
+    "lm-eval": "lm-evaluation-harness's default sampler: random.Random(1234).sample(train split, k) for each "
+               "evaluated example in order",
+    "fixed": "the template's own exemplars, the first k of them",
+}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A named prompt template.
+
+    chat:           True: chat messages, rendered by the model's chat template; False: plain text
+                    (with a chat template it becomes one user turn, as lm-evaluation-harness's
+                    --apply_chat_template does); None: the task renders either (its `format_prompt`
+                    or `chat_messages`).
+    shots:          the number of few-shot examples the template standardly uses.
+    sampler:        how they are drawn (see SAMPLERS); "fixed" uses `exemplars`.
+    stop:           stop strings for generation (None: the task's own).
+    max_new_tokens: generation length (None: the task's own).
+    reference:      what the template reproduces, when it reproduces something.
+    """
+
+    name: str
+    description: str
+    chat: bool | None = None
+    shots: int = 0
+    sampler: str = "first"
+    exemplars: tuple[Example, ...] = ()
+    stop: tuple[str, ...] | None = None
+    max_new_tokens: int | None = None
+    reference: str = ""
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"prompt {self.name}: sampler must be one of {', '.join(SAMPLERS)}")
+        if self.sampler == "fixed" and len(self.exemplars) < self.shots:
+            raise ValueError(f"prompt {self.name}: {self.shots} shots but {len(self.exemplars)} exemplars")
+
+
+DEFAULT_PROMPT = Prompt("default", "the task's own format: 'Question: ...\nAnswer:' as text, the question as the "
+                        "user turn as chat; shots from the train split")
+
+
 class Task:
     """Base class. Subclasses set `name` and override what differs."""
 
@@ -48,9 +100,39 @@ class Task:
     kind: ClassVar[str] = "generate"
     #: default generation length for this task
     max_new_tokens: ClassVar[int] = 256
+    #: the prompt templates this task offers, by name
+    prompts: ClassVar[dict[str, Prompt]] = {"default": DEFAULT_PROMPT}
+    #: the chosen template (`with_prompt`); None until one is chosen
+    prompt: Prompt | None = None
 
     def load(self, split: str = "test", data: str | None = None, limit: int | None = None) -> list[Example]:
         raise NotImplementedError
+
+    def source(self, split: str, data: str | None) -> Path | None:
+        """The file `load(split, data)` reads, or None when the task generates its examples.
+        Tasks that find their files in a folder override this."""
+        if data is None:
+            return None
+        if Path(data).is_file():
+            return Path(data)
+        raise NotImplementedError(f"task {self.name} does not say which file of {data} holds split {split!r}")
+
+    def default_prompt(self, chat: bool) -> str:
+        """The template used when none is named, for plain-text or chat prompting."""
+        return "default"
+
+    def with_prompt(self, name: str) -> "Task":
+        """A copy of this task that prompts (and, where extraction depends on it, scores) with template `name`."""
+        if name not in self.prompts:
+            raise SrlmError(f"task {self.name}: unknown prompt {name!r}; this task has {', '.join(self.prompts)}")
+        task = copy.copy(self)
+        task.prompt = self.prompts[name]
+        return task
+
+    def protocol(self) -> dict[str, Any]:
+        """What the metrics mean: {"metrics": {name: definition}, "references": {implementation: version}}."""
+        return {"metrics": {"accuracy": "fraction of examples whose extracted answer the task's verifier accepts"},
+                "references": {}}
 
     def format_prompt(self, example: Example, shots: list[Example] | None = None) -> str:
         """Plain-text prompt (with few-shot examples prepended when given)."""
@@ -110,12 +192,14 @@ def _import_builtin_tasks() -> None:
                 raise
 
 
-def get_task(name: str, **kwargs) -> Task:
-    """Instantiate a registered task by name; unknown names list the known ones."""
+def get_task(name: str, prompt: str | None = None, **kwargs) -> Task:
+    """Instantiate a registered task by name (with prompt template `prompt` when given);
+    unknown names list the known ones."""
     _import_builtin_tasks()
     if name not in TASKS:
         raise SrlmError(f"unknown task {name!r}.{did_you_mean(name, TASKS)} Known tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name](**kwargs)
+    task = TASKS[name](**kwargs)
+    return task.with_prompt(prompt) if prompt is not None else task
 
 
 def task_names() -> list[str]:

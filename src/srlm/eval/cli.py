@@ -1,31 +1,28 @@
-"""`srlm eval PATH --task NAME[,NAME...]`: evaluate a checkpoint and write metrics + per-example records.
+"""`srlm eval PATH --task NAME[,NAME...]`: evaluate a checkpoint and write metrics, records and protocol cards.
 
-Writes `--out` (default `PATH/eval-TASKS.json` for a checkpoint folder, e.g. `eval-gsm8k.json`, else
-`eval-TASKS.json` here): a JSON of {"tasks": {name: metrics}, "glue": GLUE score when GLUE tasks ran,
-"config": ...}, and the per-example records as JSONL beside it (same name, `.jsonl`). Results already
-there are kept as history (`eval-gsm8k.1.json`, `.2`, ...), never overwritten. The output folder is
-checked before anything is evaluated: an unwritable `--out` is an error; an unwritable checkpoint
-folder sends the default files to the current folder, saying so. Metrics are printed before files
-are written. `--task glue` means every
-GLUE task whose files are under `--data`. `--data` is one file or folder for all tasks,
-or `NAME=PATH` (repeatable) per task. Few-shot examples come from the task's train
-split when `--data` has one, else from the evaluated examples (never the example itself).
-The model is reached only through `make_backend`, which wraps the inference engine in
-the harness's `Backend` protocol (srlm.infer.backend.EngineBackend, imported lazily).
+A thin command over `srlm.eval.evaluate` (srlm.eval.run). Writes `--out` (default
+`PATH/eval-TASKS.json` for a checkpoint folder, e.g. `eval-gsm8k.json`, else `eval-TASKS.json`
+here): a JSON of {"tasks": {name: metrics}, "glue": GLUE score when GLUE tasks ran, "protocol":
+{name: protocol card}, "wall_time_s", "config": the command's settings}, and the per-example
+records as JSONL beside it (same name, `.jsonl`). Results already there are kept as history
+(`eval-gsm8k.1.json`, `.2`, ...), never overwritten. The output folder is checked before anything
+is evaluated: an unwritable `--out` is an error; an unwritable checkpoint folder sends the default
+files to the current folder, saying so. Prints the metrics with what each one means (before any
+file is written), then each task's protocol card in one line. `--task glue` means every GLUE task
+whose files are under `--data`. `--data` is one file or folder for all tasks, or `NAME=PATH`
+(repeatable) per task. Few-shot examples come from the prompt template's own exemplars or the
+train split (in the `--data` folder, or `--shot-data`), never from the evaluated split.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from srlm.errors import SrlmError
+from srlm.eval import run as eval_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,11 +32,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local data in the official format; NAME=PATH for one task (repeatable)")
     p.add_argument("--split", default=None, help="split to evaluate (default: the task's, e.g. test for gsm8k, dev for GLUE)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
-    p.add_argument("--shots", type=int, default=0, help="few-shot examples in each prompt")
-    p.add_argument("--chat", action="store_true", help="prompt with chat messages (the model's chat template)")
+    p.add_argument("--prompt", default=None,
+                   help="prompt template; gsm8k: gsm8k (lm-eval, 5-shot), gsm8k_cot (lm-eval, 8 fixed CoT exemplars), "
+                        "chat (answer after ####), chat-boxed (answer in \\boxed{}), question (bare question, chat). "
+                        "Default: gsm8k, or question with --chat; other tasks: default")
+    p.add_argument("--shots", type=int, default=None,
+                   help="few-shot examples in each prompt (default: the template's standard number)")
+    p.add_argument("--shot-data", default=None, metavar="FILE_OR_DIR",
+                   help="the train split the shots come from, when --data does not hold it")
+    p.add_argument("--chat", action="store_true", help="prompt through the model's chat template")
     p.add_argument("--samples", type=int, default=1, help="completions per prompt; >1 adds pass@k and maj@k")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per backend call")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: per task)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: the template's)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0 = greedy; 0.8 with --samples > 1)")
     p.add_argument("--scoring", choices=["auto", "generate", "loglik"], default="auto",
                    help="auto: the task's kind; generate: score GLUE by generated label words (fine-tuned models)")
@@ -49,25 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default=None, help="metrics JSON path (records go beside it as .jsonl); "
                                                 "default PATH/eval-TASKS.json")
-    p.add_argument("--allow-nonfinite", action="store_true",
-                   help="evaluate a checkpoint whose weights hold NaN or Inf (refused by default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def make_backend(path: str, args: argparse.Namespace):
-    """The model behind the harness's Backend protocol; the only place eval touches the model."""
-    try:
-        from srlm.infer.backend import EngineBackend
-    except ModuleNotFoundError as e:
-        if e.name in ("srlm.infer.backend", "srlm.infer"):
-            raise SrlmError("the inference backend (srlm.infer.backend) is not available in this install") from None
-        raise
-    from srlm.model.checkpoint import check_finite
-
-    backend = EngineBackend.from_checkpoint(path, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                                            seed=args.seed)
-    check_finite(backend.engine.model, path, allow=getattr(args, "allow_nonfinite", False))
-    return backend
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="evaluate even when the weights hold NaN or Inf (refused by default)")
 
 
 def parse_data(values: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -81,44 +69,6 @@ def parse_data(values: list[str]) -> tuple[str | None, dict[str, str]]:
         else:
             raise SrlmError(f"--data given twice without a task name ({default!r}, {v!r}); use NAME=PATH")
     return default, per_task
-
-
-def expand_tasks(spec: str, default_data: str | None, per_task: dict[str, str], split: str | None) -> list[str]:
-    from srlm.data.tasks import get_task
-
-    names: list[str] = []
-    for name in (s.strip() for s in spec.split(",")):
-        if not name:
-            continue
-        if name == "glue":
-            from srlm.data.glue import available_glue_tasks
-
-            data = per_task.get("glue", default_data)
-            if data is None:
-                raise SrlmError("--task glue needs --data GLUE_FOLDER (with CoLA/, SST-2/, ... inside)")
-            found = available_glue_tasks(data, split or "dev")
-            if not found:
-                raise SrlmError(f"{data}: no GLUE task files found (expected folders like CoLA/, SST-2/ with dev.tsv)")
-            for n in found:
-                per_task.setdefault(n, data)
-            names += found
-        else:
-            get_task(name)  # unknown names fail here, before any model is loaded
-            names.append(name)
-    if not names:
-        raise SrlmError("--task is empty; give one or more task names")
-    return list(dict.fromkeys(names))
-
-
-def _clean(obj: Any) -> Any:
-    """NaN/inf (undefined correlations) become null so the JSON stays standard."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def output_path(args: argparse.Namespace) -> Path:
@@ -144,98 +94,28 @@ def output_path(args: argparse.Namespace) -> Path:
         return out
 
 
-def keep_previous(out: Path) -> Path | None:
-    """Move results already at `out` (and their records) to the first free `STEM.N.json`; returns where."""
-    rec = out.with_suffix(".jsonl")
-    if not out.exists() and not rec.exists():
-        return None
-    n = 1
-    while out.with_suffix(f".{n}.json").exists() or out.with_suffix(f".{n}.jsonl").exists():
-        n += 1
-    aside = out.with_suffix(f".{n}.json")
-    for src, dst in ((out, aside), (rec, out.with_suffix(f".{n}.jsonl"))):
-        if src.exists():
-            os.replace(src, dst)
-    return aside
-
-
-def write_results(out: Path, results: dict, records: list[dict] | None) -> Path | None:
-    """Write the metrics (and records) atomically; earlier results at `out` are kept (`keep_previous`)."""
-    from srlm.atomic import write_text_atomic
-
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        aside = keep_previous(out)
-        if aside is not None:
-            print(f"srlm eval: kept the previous results at {out} as {aside.name}", file=sys.stderr)
-        rec_path = None
-        if records is not None:
-            rec_path = out.with_suffix(".jsonl")
-            write_text_atomic(rec_path, "".join(json.dumps(_clean(r), ensure_ascii=False, default=str) + "\n"
-                                                for r in records))
-        write_text_atomic(out, json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n")
-    except OSError as e:
-        raise SrlmError(f"cannot write {out} ({e.strerror}); the metrics are printed above") from None
-    return rec_path
-
-
-def format_table(tasks: dict[str, dict]) -> str:
-    lines = []
-    for name, m in tasks.items():
-        vals = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
-        lines.append(f"{name:<14} {vals}")
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace, backend=None) -> dict:
-    from srlm.data.tasks import get_task
-    from srlm.eval.harness import evaluate
-    from srlm.eval.metrics import glue_score
-
+    """Evaluate as the command line says, write the results, print them; returns the results JSON."""
     if args.out and args.out.endswith(".jsonl"):
         raise SrlmError(f"--out {args.out}: give the metrics .json path; records are written beside it as .jsonl")
     default_data, per_task = parse_data(args.data)
-    names = expand_tasks(args.task, default_data, per_task, args.split)
     out = output_path(args)
-    temperature = args.temperature if args.temperature is not None else (0.8 if args.samples > 1 else 0.0)
-    loaded = []
-    for name in names:  # load every task before the model, so data mistakes show at once
-        task = get_task(name)
-        data = per_task.get(name, default_data)
-        split = args.split or getattr(task, "default_split", "test")
-        examples = task.load(split=split, data=data, limit=args.limit)
-        if not examples:
-            raise SrlmError(f"task {name}: no examples in split {split!r}" + (f" of {data}" if data else ""))
-        pool = None
-        if args.shots > 0 and split != "train":
-            try:
-                pool = task.load(split="train", data=data, limit=args.shots + 1)
-            except SrlmError:
-                pool = None  # no train split: shots come from the evaluated examples
-        loaded.append((name, task, split, examples, pool))
-    backend = backend if backend is not None else make_backend(args.path, args)
-
-    results: dict[str, Any] = {"tasks": {}}
-    all_records = []
-    for name, task, split, examples, pool in loaded:
-        metrics, records = evaluate(task, examples, backend, shots=args.shots, chat=args.chat, samples=args.samples,
-                                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                    temperature=temperature, scoring=args.scoring, shot_pool=pool,
-                                    progress=not args.no_progress)
-        results["tasks"][name] = metrics
-        all_records += [{"task": name, **r} for r in records]
-    glue = glue_score(results["tasks"])
-    if glue:
-        results["glue"] = glue
-    results["config"] = {"path": str(args.path), "split": args.split, "limit": args.limit, "shots": args.shots,
-                         "chat": args.chat, "samples": args.samples, "temperature": temperature,
-                         "max_new_tokens": args.max_new_tokens, "scoring": args.scoring, "seed": args.seed,
-                         "data": args.data}
-    print(format_table(results["tasks"]), flush=True)
-    if glue:
-        print(f"GLUE score {glue['score']:.4f} over {glue['tasks']} task(s)", flush=True)
-    rec_path = write_results(out, results, all_records)
+    result = eval_run.evaluate(
+        args.path, args.task, default_data, task_data=per_task, split=args.split, limit=args.limit,
+        prompt=args.prompt, shots=args.shots, shot_data=args.shot_data, chat=args.chat, samples=args.samples,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        scoring=args.scoring, seed=args.seed, device=args.device, dtype=args.dtype, quantize=args.quantize,
+        backend=backend, progress=not args.no_progress, allow_nonfinite=args.allow_nonfinite)
+    results = result.to_json()
+    results["config"] = {"path": str(args.path), "task": args.task, "data": args.data, "split": args.split,
+                         "limit": args.limit, "prompt": args.prompt, "shots": args.shots, "shot_data": args.shot_data,
+                         "chat": args.chat, "samples": args.samples, "temperature": args.temperature,
+                         "max_new_tokens": args.max_new_tokens, "scoring": args.scoring, "seed": args.seed}
+    print(result.table(), flush=True)
+    rec_path = eval_run.write_results(out, results, result.records)
     print(f"wrote {out} and {rec_path}", file=sys.stderr)
+    for line in result.protocol_lines():
+        print(line)
     return results
 
 

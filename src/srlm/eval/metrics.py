@@ -4,6 +4,9 @@ All metrics are fractions in [0, 1] (the official SQuAD and GLUE tables print pe
 The per-task statistics (Matthews correlation, F1, Pearson, Spearman) and the SQuAD
 answer scores live in `srlm.data` because tasks aggregate their own metrics and the
 data room never imports this one; they are re-exported here as the one place to look.
+(So do GSM8K's lm-evaluation-harness filters and exact_match, in `srlm.data.gsm8k`, and
+MATH's answer equivalence, in `srlm.data.math`; each task's `protocol()` says what its
+metrics mean.)
 
 - pass@k: the unbiased estimator of Chen et al. 2021 (Codex), 1 - C(n-c, k) / C(n, k),
   computed as a product so it never forms huge binomials.

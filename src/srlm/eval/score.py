@@ -12,7 +12,9 @@ Prediction formats:
   run through the task's answer extraction. Lines are matched to examples by an `id` field
   when the first line has one (the dataset's id: MATH-500 `unique_id`, MATH `idx`, GSM8K the
   line's `id` or else the record's 0-based position in its file, "0", "1", ...; the ids `srlm eval`
-  writes in its records), otherwise by position.
+  writes in its records), otherwise by position. GSM8K's lm-eval metrics depend on the prompt
+  template the outputs were made with (`--prompt`, default gsm8k: gsm8k_cot's strict-match looks
+  for "The answer is N.").
 Ids not in the data are an error; missing ids are an error unless `--allow-missing`, which
 scores them as wrong and reports how many there were.
 """
@@ -37,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="the gold data file or folder, in the official format")
     p.add_argument("--predictions", required=True, help="the predictions file (format depends on the task; see --help)")
     p.add_argument("--split", default=None, help="split of --data when it is a folder (default: the task's)")
+    p.add_argument("--prompt", default=None,
+                   help="the prompt template the predictions were made with, where extraction depends on it "
+                        "(gsm8k: gsm8k, gsm8k_cot, chat, chat-boxed, question; default gsm8k)")
     p.add_argument("--allow-missing", action="store_true", help="score examples without a prediction as wrong")
     p.add_argument("--out", default=None, help="also write the metrics as JSON here")
 
@@ -151,15 +156,19 @@ def score(task: Task, examples: list[Example], predictions: str | Path,
 
 
 def main(args: argparse.Namespace) -> int:
+    from srlm.eval.run import clean_json, format_table
+
     task = get_task(args.task)
+    task = task.with_prompt(args.prompt or task.default_prompt(False))
     split = args.split or getattr(task, "default_split", "test")
     examples = task.load(split=split, data=args.data)
     metrics, _ = score(task, examples, args.predictions, allow_missing=args.allow_missing)
-    from srlm.eval.cli import _clean, format_table
-
     print(format_table({task.name: metrics}))
+    for metric, meaning in task.protocol()["metrics"].items():
+        print(f"  {task.name} {metric}: {meaning}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(_clean({"task": task.name, "metrics": metrics}), indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(clean_json({"task": task.name, "prompt": task.prompt.name,
+                                                         "metrics": metrics}), indent=2) + "\n")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -37,7 +37,7 @@ def stage_module(stage: str):
 
 
 def make_evaluate(config):
-    """An `evaluate(model, tokenizer, step) -> dict` over `config.eval_tasks` (greedy, test split), or None.
+    """An `evaluate(model, tokenizer, step) -> dict` over `config.eval_tasks` (greedy, zero-shot, test split), or None.
 
     Task options come from `data_options` when the task is one of the SFT sources (same
     difficulties for the held-out test split); chat models are prompted with their template.
@@ -64,7 +64,7 @@ def make_evaluate(config):
         backend = EngineBackend(Engine(model, tokenizer))
         flat = {}
         for name, (task, examples) in tasks.items():
-            metrics, _ = run_task(task, examples, backend, chat=tokenizer.has_chat_template, progress=False)
+            metrics, _ = run_task(task, examples, backend, shots=0, chat=tokenizer.has_chat_template, progress=False)
             flat.update({f"{name}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         return flat
 
