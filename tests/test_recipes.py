@@ -117,14 +117,16 @@ def _tiny_default(*extra):
 def test_rerun_with_changed_settings_redoes_the_stage_and_what_follows(tmp_path, monkeypatch):
     out = tmp_path / "run"
     Runner(_tiny_default(), out, log=lambda *a: None).run()
-    import srlm.eval.cli as eval_cli
+    import srlm.eval.run as eval_run
     import srlm.train.loop as loop
 
     trained, evaluated = [], []
     real_run = loop.Trainer.run
     monkeypatch.setattr(loop.Trainer, "run", lambda self: trained.append(self.stage_name) or real_run(self))
-    real_eval = eval_cli.run
-    monkeypatch.setattr(eval_cli, "run", lambda args, **kw: evaluated.append(Path(args.out).stem) or real_eval(args, **kw))
+    real_eval = eval_run.evaluate
+    monkeypatch.setattr(eval_run, "evaluate", lambda ckpt, *a, **kw: evaluated.append(Path(ckpt).parent.name
+                                                                                       if Path(ckpt).name == "final"
+                                                                                       else "base") or real_eval(ckpt, *a, **kw))
 
     msgs = []
     summary = Runner(_tiny_default("sft.steps=4"), out, log=msgs.append).run()

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from random import Random
 from typing import Any, Protocol, runtime_checkable
 
-from tqdm.auto import tqdm
 
 from srlm.data.tasks import Example, Task
 from srlm.errors import SrlmError
@@ -161,7 +160,9 @@ def evaluate(task: Task, examples: list[Example], backend: Backend, shots: int |
     all_shots = select_shots(st, examples, shot_pool)
 
     records: list[dict[str, Any]] = []
-    bar = tqdm(total=len(examples), desc=task.name, unit="ex", disable=not progress, dynamic_ncols=True)
+    from srlm.progress import Progress
+
+    bar = Progress(len(examples), desc=task.name, unit="ex", enabled=progress, every=max(1, len(examples) // 4))
     try:
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]

@@ -274,15 +274,16 @@ class Runner:
             write_record(record, fp, settings)
         return str(path)
 
-    def eval_argv(self, checkpoint: Path, out_json: Path) -> list[str]:
+    def eval_command(self, checkpoint: Path, out_json: Path) -> str:
+        """The `srlm eval` command that reproduces an evaluation of the run."""
         e = self.eval_cfg
-        argv = [str(checkpoint), "--task", self.task_name, "--data", self.heldout(), "--limit", str(e["n"]),
-                "--batch-size", str(e["batch_size"]), "--out", str(out_json), "--no-progress"]
+        argv = ["srlm", "eval", str(checkpoint), "--task", self.task_name, "--data", self.heldout(), "--limit",
+                str(e["n"]), "--batch-size", str(e["batch_size"]), "--out", str(out_json)]
         if e.get("chat", True):
             argv.append("--chat")
         if e.get("max_new_tokens"):
             argv += ["--max-new-tokens", str(e["max_new_tokens"])]
-        return argv
+        return " ".join(shlex.quote(a) for a in argv)
 
     def evaluate(self, name: str, checkpoint: Path) -> tuple[dict, float]:
         out_json = self.out / "evals" / f"{name}.json"
@@ -294,16 +295,19 @@ class Runner:
         if self._fresh(f"{name} eval", out_json, record, fp, settings):
             rec = read_record(record)
             return json.loads(out_json.read_text())["tasks"][self.task_name], float(rec.get("seconds", 0.0))
-        from srlm.eval import cli as eval_cli
+        from srlm.eval import run as eval_run
 
-        parser = argparse.ArgumentParser()
-        eval_cli.add_arguments(parser)
+        e = self.eval_cfg
         t0 = time.perf_counter()
-        results = eval_cli.run(parser.parse_args(self.eval_argv(checkpoint, out_json)))
-        m = results["tasks"][self.task_name]
+        result = eval_run.evaluate(checkpoint, self.task_name, data, limit=int(e["n"]), chat=bool(e.get("chat", True)),
+                                   batch_size=int(e["batch_size"]), max_new_tokens=e.get("max_new_tokens"),
+                                   progress=True)
+        results = result.to_json()
+        results["config"] = {"command": self.eval_command(checkpoint, out_json)}
+        eval_run.write_results(out_json, results, result.records)
         dt = time.perf_counter() - t0
         write_record(record, fp, settings, seconds=round(dt, 3))
-        return m, dt
+        return results["tasks"][self.task_name], dt
 
     # -- planning: what each stage is made from ---------------------------------------------
     def stage_config(self, s: dict, start: Path, tok_dir: Path, done: dict[str, Path]) -> tuple[Any, Any]:
@@ -411,7 +415,7 @@ class Runner:
                 metrics, rec["eval_s"] = self.evaluate(name, ckpt)
                 rec["eval"] = {self.task_name: metrics}
                 rec["eval_records"] = str(out_json.with_suffix(".jsonl"))
-                rec["eval_command"] = "srlm eval " + " ".join(shlex.quote(a) for a in self.eval_argv(ckpt, out_json))
+                rec["eval_command"] = self.eval_command(ckpt, out_json)
             rec["wall_s"] = rec.get("train_s", 0.0) + rec.get("eval_s", 0.0)
             self.log(self._summary_line(rec))
             stages_out.append(rec)
