@@ -8,7 +8,8 @@ from srlm.errors import SrlmError
 from srlm.infer import Engine
 from srlm.infer.backend import EngineBackend
 from srlm.infer.quant import Int8Linear, quantize_model, quantize_weight
-from srlm.infer.reasoning import ANSWER_COMPLETE, majority, self_consistency
+from srlm.data.answers import majority
+from srlm.infer.reasoning import ANSWER_COMPLETE, self_consistency
 from srlm.model import CausalLM, preset, save
 from srlm.tokenizer import train_bpe
 

@@ -46,7 +46,7 @@ class GlueTask(Task):
     dev_name: ClassVar[str] = "dev"
     #: column names of a header-less TSV (CoLA)
     no_header: ClassVar[tuple[str, ...] | None] = None
-    stop = ["\n"]
+    stop = ("\n",)
 
     # ------------------------------------------------------------ loading
 

@@ -255,7 +255,7 @@ class MATH(Task):
         parts.append(f"Problem: {example.prompt}\nSolution:")
         return "".join(parts)
 
-    stop = ["\nProblem:"]
+    stop = ("\nProblem:",)
 
     def chat_messages(self, example: Example, shots: list[Example] | None = None) -> list[dict[str, str]]:
         msgs = super().chat_messages(example, shots)

@@ -76,7 +76,7 @@ class SQuAD(Task):
     max_new_tokens = 32
     default_split = "dev"
     v2: bool = False
-    stop = ["\n"]
+    stop = ("\n",)
 
     def source(self, split: str, data: str | None):
         ver = "2.0" if self.v2 else "1.1"

@@ -100,6 +100,10 @@ class Task:
     kind: ClassVar[str] = "generate"
     #: default generation length for this task
     max_new_tokens: ClassVar[int] = 256
+    #: the split evaluated when none is named
+    default_split: ClassVar[str] = "test"
+    #: where plain-text generation stops (the default format's next "Question:")
+    stop: ClassVar[tuple[str, ...]] = ("\nQuestion:",)
     #: the prompt templates this task offers, by name
     prompts: ClassVar[dict[str, Prompt]] = {"default": DEFAULT_PROMPT}
     #: the chosen template (`with_prompt`); None until one is chosen
@@ -155,6 +159,14 @@ class Task:
         """The final answer in a model's output, or None when there is none."""
         raise NotImplementedError
 
+    def choose(self, example: Example, logliks: list[float]) -> str:
+        """Log-likelihood tasks: the prediction given each choice's log-likelihood (default: the likeliest)."""
+        return example.choices[max(range(len(logliks)), key=logliks.__getitem__)]
+
+    def answer_key(self, prediction: str):
+        """What majority votes group answers by (default: the stripped text; numeric tasks compare values)."""
+        return prediction.strip()
+
     def canonical_id(self, raw: str) -> str:
         """A prediction file's id as `load` names the example (tasks override to read older id forms)."""
         return raw
@@ -181,15 +193,15 @@ def register(cls):
 
 
 def _import_builtin_tasks() -> None:
-    # Importing the modules runs their @register decorators. Missing optional modules are skipped.
+    """Import every module and package of `srlm.data`, so their @register decorators run: a task is
+    found by being defined there, not by a list of module names."""
     import importlib
+    import pkgutil
 
-    for mod in ("srlm.data.synthetic", "srlm.data.gsm8k", "srlm.data.math", "srlm.data.glue", "srlm.data.squad"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    import srlm.data
+
+    for info in pkgutil.iter_modules(srlm.data.__path__, "srlm.data."):
+        importlib.import_module(info.name)
 
 
 def get_task(name: str, prompt: str | None = None, **kwargs) -> Task:

@@ -56,7 +56,6 @@ class Backend(Protocol):
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]: ...
 
 
-DEFAULT_STOP = ["\nQuestion:"]
 #: lm-evaluation-harness's default few-shot seed (lm_eval.defaults.DEFAULT_OTHER_SEED)
 LM_EVAL_FEWSHOT_SEED = 1234
 
@@ -94,7 +93,7 @@ def setup(task: Task, prompt: str | None = None, chat: bool = False, shots: int 
     if chat:
         stop = list(spec.stop) if spec.chat is False and spec.stop else None
     else:
-        stop = list(spec.stop) if spec.stop else list(getattr(task, "stop", DEFAULT_STOP))
+        stop = list(spec.stop) if spec.stop else list(task.stop)
     return Setup(task=task, chat=chat, shots=shots, stop=stop, loglik=use_loglik,
                  max_new_tokens=max_new_tokens or spec.max_new_tokens or task.max_new_tokens)
 
@@ -183,12 +182,11 @@ def _score_loglik(task, batch, prompts, backend) -> list[dict]:
     scores = list(backend.loglikelihood(requests))
     if len(scores) != len(requests):
         raise ValueError(f"backend.loglikelihood returned {len(scores)} scores for {len(requests)} requests")
-    choose = getattr(task, "choose", None)
     out, i = [], 0
     for p, ex in zip(prompts, batch):
         ll = [float(s) for s in scores[i:i + len(ex.choices)]]
         i += len(ex.choices)
-        pred = choose(ex, ll) if choose else ex.choices[max(range(len(ll)), key=ll.__getitem__)]
+        pred = task.choose(ex, ll)
         out.append({"id": ex.id, "prompt": p, "logliks": ll, "output": pred, "extracted": pred, "gold": ex.answer,
                     "correct": bool(task.is_correct(pred, ex)), "meta": ex.meta})
     return out
@@ -198,7 +196,6 @@ def _score_generate(task, batch, prompts, backend, samples, max_new, temperature
     outs = backend.generate(prompts, n=samples, max_new_tokens=max_new, temperature=temperature, stop=stop)
     if len(outs) != len(prompts) or any(len(o) != samples for o in outs):
         raise ValueError(f"backend.generate must return {samples} completion(s) for each of {len(prompts)} prompts")
-    key = getattr(task, "answer_key", None)
     recs = []
     for p, ex, texts in zip(prompts, batch, outs):
         extracted = [task.extract(t) for t in texts]
@@ -206,7 +203,7 @@ def _score_generate(task, batch, prompts, backend, samples, max_new, temperature
         r = {"id": ex.id, "prompt": p, "output": texts[0], "extracted": extracted[0], "gold": ex.answer,
              "correct": correct[0], "meta": ex.meta}
         if samples > 1:
-            maj = majority_vote(extracted, key=key)
+            maj = majority_vote(extracted, key=task.answer_key)
             r.update(outputs=list(texts), extracted_all=extracted, correct_all=correct, majority=maj,
                      majority_correct=bool(task.is_correct(maj, ex)) if maj is not None else False)
         recs.append(r)

@@ -20,11 +20,10 @@ metrics mean.)
 from __future__ import annotations
 
 import math
-from collections import Counter
-from typing import Callable, Hashable, Iterable
 
 import numpy as np
 
+from srlm.data.answers import majority_vote  # noqa: F401  (one of the metrics this module gathers)
 from srlm.data.squad import exact_match, f1_v1, f1_v2, normalize_answer, score_one
 from srlm.data.stats import accuracy, f1_binary, matthews_corrcoef, pearson, rankdata, spearman
 
@@ -39,25 +38,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def majority_vote(answers: Iterable[str | None], key: Callable[[str], Hashable] | None = None) -> str | None:
-    """The most frequent non-None answer (grouped by `key`), ties to the first seen; None if none voted.
-    Returns the first answer of the winning group, as it was written."""
-    key = key or (lambda a: a.strip())
-    counts: Counter = Counter()
-    first: dict = {}
-    for a in answers:
-        if a is None:
-            continue
-        k = key(a)
-        counts[k] += 1
-        first.setdefault(k, a)
-    if not counts:
-        return None
-    top = max(counts.values())
-    # dicts keep insertion order, so the first key reaching `top` is the first seen
-    return next(first[k] for k in first if counts[k] == top)
 
 
 #: task -> the metrics the GLUE benchmark averages for it

@@ -289,7 +289,7 @@ class _Planned:
 def _plan(name: str, data: str | None, split: str | None, limit: int | None, prompt: str | None, chat: bool,
           shots: int | None, shot_data: str | None, max_new_tokens: int | None, scoring: str) -> _Planned:
     task = get_task(name)
-    split = split or getattr(task, "default_split", "test")
+    split = split or task.default_split
     st = setup(task, prompt=prompt, chat=chat, shots=shots, max_new_tokens=max_new_tokens, scoring=scoring)
     source = _source(st.task, split, data)
     if source is not None:

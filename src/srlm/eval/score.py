@@ -160,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
     task = task.with_prompt(args.prompt or task.default_prompt(False))
-    split = args.split or getattr(task, "default_split", "test")
+    split = args.split or task.default_split
     examples = task.load(split=split, data=args.data)
     metrics, _ = score(task, examples, args.predictions, allow_missing=args.allow_missing)
     print(format_table({task.name: metrics}))
