@@ -326,13 +326,7 @@ class Runner:
             cfg.pop("model_overrides", None)  # already applied to the stage's fresh model (see _start)
         cfg.setdefault("seed", self.seed)
         fields = set(mod.Config.__dataclass_fields__)
-        if s["kind"] in ("sft", "kd"):
-            cfg.setdefault("data", [self.task_name])
-            cfg["data_options"] = {**self.task_options, **(cfg.get("data_options") or {})}
-        elif s["kind"] == "grpo":
-            cfg.setdefault("task", self.task_name)
-            cfg["task_options"] = {**{k: v for k, v in self.task_options.items() if k != "n_train"},
-                                   **(cfg.get("task_options") or {})}
+        cfg = mod.recipe_config(cfg, self.task_name, self.task_options)
         cfg = {k: v for k, v in cfg.items() if k in fields or k not in self.recipe.get("defaults", {})}
         config = load_config(mod.Config, None, cfg)
         return mod, config
@@ -491,14 +485,7 @@ class Runner:
             result = mod.run(config)
         train_s = time.perf_counter() - t0
         info = {"steps": config.steps, "train_s": train_s, "log": str(stage_dir / "metrics.jsonl"),
-                "fingerprint": step["fingerprint"],
-                "notes": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
-                          if k.startswith("kd_") and k in ("kd_kept", "kd_kept_fraction", "kd_solved_fraction")}}
-        if s["kind"] == "grpo":
-            from srlm.recipes.report import read_log
-
-            last = next((r for r in reversed(read_log(info["log"])) if "reward_errors" in r), {})
-            info["notes"].update({k: int(last[k]) for k in ("reward_errors", "verifier_timeouts") if k in last})
+                "fingerprint": step["fingerprint"], "notes": mod.report_notes(result, stage_dir)}
         write_text_atomic(marker, json.dumps(info, indent=2) + "\n")
         return info
 

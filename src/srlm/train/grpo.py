@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -386,6 +387,29 @@ def run(config: GRPOConfig, evaluate=None) -> dict:
     model, tokenizer = prepare(config)
     stage = GRPOStage(config, tokenizer, model=model)
     return train(config, model, tokenizer, stage, evaluate=evaluate, stage_name="grpo")
+
+
+# ---------------------------------------------------------------------------------------------
+# What `srlm run` asks of a stage module
+
+def recipe_config(config: dict, task: str, task_options: dict) -> dict:
+    """A recipe stage's config with the recipe's task as its prompts (its training-set size aside)."""
+    config.setdefault("task", task)
+    config["task_options"] = {**{k: v for k, v in task_options.items() if k != "n_train"},
+                              **(config.get("task_options") or {})}
+    return config
+
+
+def report_notes(result: dict, out_dir: Path) -> dict:
+    """Rewards that failed or timed out over the run, from its metrics log, for the run's report."""
+    from srlm.train.checkpointing import METRICS, read_metrics
+
+    path = Path(out_dir) / METRICS
+    if not path.is_file():
+        return {}
+    _, records, _, _ = read_metrics(path)
+    last = next((r for r in reversed(records) if "reward_errors" in r), {})
+    return {k: int(last[k]) for k in ("reward_errors", "verifier_timeouts") if k in last}
 
 
 Config = GRPOConfig

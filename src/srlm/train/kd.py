@@ -32,7 +32,7 @@ from srlm.data.io import write_text_atomic
 from srlm.errors import SrlmError
 from srlm.model.transformer import chunked_cross_entropy
 from srlm.train.losses import DISTILL_KINDS, distill_loss
-from srlm.train.sft import SFTConfig, SFTStage, prepare
+from srlm.train.sft import SFTConfig, SFTStage, prepare, recipe_config  # noqa: F401 (recipe_config: KD's too)
 from srlm.train.distributed import SamplingPolicy, is_main
 from srlm.train.loop import train
 
@@ -277,6 +277,15 @@ def run(config: KDConfig, evaluate=None) -> dict:
     teacher, _ = load_teacher(config, tokenizer)
     stage = KDStage(config, tokenizer, teacher, model=model)
     return train(config, model, tokenizer, stage, evaluate=evaluate, stage_name="kd")
+
+
+# ---------------------------------------------------------------------------------------------
+# What `srlm run` asks of a stage module (KD trains on the SFT data)
+
+def report_notes(result: dict, out_dir: Path) -> dict:
+    """Sequence-level KD's verified-sample counts, for the run's report."""
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
+            if k in ("kd_kept", "kd_kept_fraction", "kd_solved_fraction")}
 
 
 Config = KDConfig

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -122,6 +123,18 @@ def run(config: PretrainConfig, evaluate=None) -> dict:
     model, tokenizer = build_model(config)
     stage = PretrainStage(config, tokenizer)
     return train(config, model, tokenizer, stage, evaluate=evaluate, stage_name="pretrain")
+
+
+# ---------------------------------------------------------------------------------------------
+# What `srlm run` asks of a stage module
+
+def recipe_config(config: dict, task: str, task_options: dict) -> dict:
+    """Pretraining reads its own text files (`data`); the recipe's task does not apply."""
+    return config
+
+
+def report_notes(result: dict, out_dir: Path) -> dict:
+    return {}
 
 
 Config = PretrainConfig

@@ -181,4 +181,19 @@ def run(config: SFTConfig, evaluate=None) -> dict:
     return train(config, model, tokenizer, stage, evaluate=evaluate, stage_name="sft")
 
 
+# ---------------------------------------------------------------------------------------------
+# What `srlm run` asks of a stage module
+
+def recipe_config(config: dict, task: str, task_options: dict) -> dict:
+    """A recipe stage's config with the recipe's task as its training data (unless the stage names its own)."""
+    config.setdefault("data", [task])
+    config["data_options"] = {**task_options, **(config.get("data_options") or {})}
+    return config
+
+
+def report_notes(result: dict, out_dir: Path) -> dict:
+    """Figures worth a line in the run's report besides loss and accuracy (none for SFT)."""
+    return {}
+
+
 Config = SFTConfig
