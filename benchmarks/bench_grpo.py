@@ -45,7 +45,7 @@ def make_checkpoint(folder: Path, shape: str = "tiny") -> Path:
     torch.manual_seed(0)
     (name, over), _, _ = SHAPES[shape]
     cfg = preset(name, **over, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
-                 pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+                 pad_token_id=tok.pad_token_id)
     return save(CausalLM(cfg), folder / "model", tokenizer=tok)
 
 
