@@ -107,7 +107,7 @@ def test_fuzzed_requests_never_get_a_server_error(server, method, path, mode):
     seen = []
 
     @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
     def fuzz(case):
         response = case.call(timeout=60)
         seen.append(response.status_code)

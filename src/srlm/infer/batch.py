@@ -96,6 +96,22 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def _refresh(self) -> None:
+        """Python-side summaries of the rows, so a step asks the tensors nothing it can know beforehand."""
+        self._sampling = bool((self.temperature > 0).any())
+        self._want_lp = bool(self.want_lp.any())
+        self._top_n = int(self.top_n.max()) if len(self.keys) else 0
+        self._budgets = self.engine.think_ids is not None and bool((self.budget >= 0).any())
+        # a seeded request's rows are contiguous (added together, and removals keep the order)
+        groups = self.group.tolist()
+        self._seeded = []
+        for i, g in enumerate(groups):
+            if g >= 0 and (i == 0 or groups[i - 1] != g):
+                end = i
+                while end < len(groups) and groups[end] == g:
+                    end += 1
+                self._seeded.append((i, end, self._generators[g]))
+
     def _clear(self) -> None:
         dev = self.device
         self.keys = []
@@ -110,6 +126,7 @@ class DecodeBatch:
         self.in_think = torch.zeros(0, dtype=torch.bool, device=dev)
         self.stops = torch.zeros(0, 0, dtype=torch.long, device=dev)
         self.logits = torch.zeros(0, self.vocab_size, device=dev)
+        self._refresh()
 
     # ------------------------------------------------------------------ joining
     def _check(self, i: int, r: RowRequest) -> list[int]:
@@ -229,6 +246,7 @@ class DecodeBatch:
         self.stops = torch.cat([old, stops])
         self.logits = torch.cat([self.logits, logits[rows].float()])
         self.keys = self.keys + [k for ks in keys for k in ks]
+        self._refresh()
         return keys
 
     # ------------------------------------------------------------------ leaving
@@ -245,6 +263,7 @@ class DecodeBatch:
         alive = set(self.group.tolist())
         for g in [g for g in self._generators if g not in alive]:
             del self._generators[g]
+        self._refresh()
 
     def remove(self, keys) -> None:
         """Drop these rows now (unknown keys are ignored)."""
@@ -256,13 +275,11 @@ class DecodeBatch:
 
     # ------------------------------------------------------------------ one step
     def _noise(self) -> torch.Tensor | None:
-        if not bool((self.temperature > 0).any()):
+        if not self._sampling:
             return None
-        R, V = len(self.keys), self.vocab_size
-        noise = torch.empty(R, V, device=self.device).exponential_(generator=self._gen)
-        for group, g in self._generators.items():  # once per seeded request, not per row
-            idx = (self.group == group).nonzero().squeeze(1)
-            noise[idx] = torch.empty(idx.numel(), V, device=self.device).exponential_(generator=g)
+        noise = torch.empty(len(self.keys), self.vocab_size, device=self.device).exponential_(generator=self._gen)
+        for start, end, g in self._seeded:  # once per seeded request, not per row
+            noise[start:end].exponential_(generator=g)
         return noise
 
     @torch.inference_mode()
@@ -272,13 +289,12 @@ class DecodeBatch:
             return []
         think = self.engine.think_ids
         force = None
-        if think is not None and bool((self.budget >= 0).any()):
+        if self._budgets:  # thoughts are only followed while some row has a budget (rows join with their state)
             force = self.in_think & (self.budget >= 0) & (self.think_count >= self.budget)
-        top_n = int(self.top_n.max())
         tok, lp, top = sample_rows(self.logits, self.temperature, self.top_k, self.top_p, self.min_p, self._noise(),
                                    force=force, force_token=think[1] if think else 0,
-                                   want_logprobs=bool(self.want_lp.any()), top_logprobs=top_n)
-        if think is not None:
+                                   want_logprobs=self._want_lp, top_logprobs=self._top_n)
+        if self._budgets:
             is_start, is_end = tok == think[0], tok == think[1]
             self.think_count = torch.where(is_start, 0, torch.where(self.in_think & ~is_end, self.think_count + 1,
                                                                       self.think_count))

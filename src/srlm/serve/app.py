@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import json
 import re
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -119,6 +120,39 @@ async def _send(send, status: int, body: dict, headers=()) -> None:
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
                             *headers]})
     await send({"type": "http.response.body", "body": data})
+
+
+# ---------------------------------------------------------------- from the scheduler thread to the event loop
+class _Inbox:
+    """A job's events on their way from the scheduler thread to the event loop. The loop is woken once for
+    whatever piled up since it last looked: at once when streaming, else only when the job ends, so many
+    concurrent requests do not flood it with a wake-up per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, eager: bool):
+        self.loop, self.eager = loop, eager
+        self.items: list = []
+        self.lock = threading.Lock()
+        self.ready = asyncio.Event()
+        self.woken = False
+
+    def put(self, events: list) -> None:  # the scheduler thread
+        with self.lock:
+            self.items.extend(events)
+            if self.woken or not (self.eager or any(isinstance(e, (Done, Failed)) for e in events)):
+                return
+            self.woken = True
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def get(self, timeout: float | None) -> list:  # the event loop; [] on a timeout
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            return []
+        with self.lock:
+            items, self.items = self.items, []
+            self.woken = False
+            self.ready.clear()
+        return items
 
 
 # ---------------------------------------------------------------- errors
@@ -332,33 +366,27 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
         return _Prepared(rows, [False] * len(rows), stops_of(body), body.n)
 
     # ------------------------------------------------------------ running a job
-    def submit(prep: _Prepared) -> tuple[Job, asyncio.Queue]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        job = Job(prep.rows, prep.stops, lambda events: loop.call_soon_threadsafe(queue.put_nowait, events))
+    def submit(prep: _Prepared, stream: bool) -> tuple[Job, _Inbox]:
+        inbox = _Inbox(asyncio.get_running_loop(), eager=stream)
+        job = Job(prep.rows, prep.stops, inbox.put)
         if not sched.submit(job):
             raise ApiError(429, f"{settings.max_waiting} requests are already waiting: retry later",
                            type="rate_limit_error", code="server_busy")
-        return job, queue
+        return job, inbox
 
-    async def events_of(job: Job, queue: asyncio.Queue, request: Request | None, poll: float = 0.25):
-        """The job's event lists; with `request`, a client that leaves cancels the job (checked every `poll` s).
-
-        Streaming responses pass no request: Starlette cancels their generator when the client leaves."""
+    async def events_of(job: Job, inbox: _Inbox, request: Request | None, poll: float = 0.25):
+        """The job's events, in lists; with `request`, a client that leaves cancels the job (checked every
+        `poll` s). Streaming responses pass no request: Starlette cancels their generator when the client leaves."""
         loop = asyncio.get_running_loop()
         checked = loop.time()
         while True:
-            events = None
-            try:
-                events = await asyncio.wait_for(queue.get(), timeout=poll) if request else await queue.get()
-            except asyncio.TimeoutError:
-                pass
+            events = await inbox.get(poll if request is not None else None)
             if request is not None and loop.time() - checked >= poll:
                 checked = loop.time()
                 if await request.is_disconnected():
                     sched.cancel(job)
                     return
-            if events is None:
+            if not events:
                 continue
             yield events
             if any(isinstance(e, (Done, Failed)) for e in events):
@@ -411,17 +439,17 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
                                                         "chat.completion.chunk events ending with data: [DONE]"}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         prep = prepare_chat(body)
-        job, queue = submit(prep)
+        job, inbox = submit(prep, body.stream)
         rid, model = f"chatcmpl-{uuid.uuid4().hex}", settings.model_name
         n_choices = prep.n
         splitters = [ReasoningSplitter(prep.in_thought[0]) for _ in range(n_choices)]
         if body.stream:
-            return StreamingResponse(_stream_chat(job, queue, rid, model, splitters, body), media_type="text/event-stream")
+            return StreamingResponse(_stream_chat(job, inbox, rid, model, splitters, body), media_type="text/event-stream")
         reasoning, content = [""] * n_choices, [""] * n_choices
         logprobs = [[] for _ in range(n_choices)]
         finish = [None] * n_choices
         done = None
-        async for events in events_of(job, queue, request):
+        async for events in events_of(job, inbox, request):
             for e in events:
                 if isinstance(e, Failed):
                     raise failure(e)
@@ -449,7 +477,7 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
     def sse(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
-    async def _stream_chat(job, queue, rid, model, splitters, body):
+    async def _stream_chat(job, inbox, rid, model, splitters, body):
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         now = int(time.time())
 
@@ -464,7 +492,7 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
         try:
             for i in range(len(splitters)):
                 yield chunk(i, {"role": "assistant", "content": ""})
-            async for events in events_of(job, queue, None):
+            async for events in events_of(job, inbox, None):
                 for e in events:
                     if isinstance(e, Failed):
                         yield sse(failure(e).body())
@@ -501,19 +529,19 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
                                                         "text_completion events ending with data: [DONE]"}})
     async def completions(body: CompletionRequest, request: Request):
         prep = prepare_completion(body)
-        job, queue = submit(prep)
+        job, inbox = submit(prep, body.stream)
         rid, model = f"cmpl-{uuid.uuid4().hex}", settings.model_name
         n_choices = len(prep.rows) * prep.n
         want_top = bool(body.logprobs)
         if body.stream:
-            return StreamingResponse(_stream_completion(job, queue, rid, model, body), media_type="text/event-stream")
+            return StreamingResponse(_stream_completion(job, inbox, rid, model, body), media_type="text/event-stream")
         texts = [""] * n_choices
         lps = [{"tokens": [], "token_logprobs": [], "top_logprobs": [] if want_top else None, "text_offset": []}
                for _ in range(n_choices)]
         offsets = [0] * n_choices
         finish = [None] * n_choices
         done = None
-        async for events in events_of(job, queue, request):
+        async for events in events_of(job, inbox, request):
             for e in events:
                 if isinstance(e, Failed):
                     raise failure(e)
@@ -533,7 +561,7 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
                 "choices": choices, "usage": usage(done)}
 
-    async def _stream_completion(job, queue, rid, model, body):
+    async def _stream_completion(job, inbox, rid, model, body):
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         want_top = bool(body.logprobs)
         now = int(time.time())
@@ -547,7 +575,7 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
             return sse(c)
 
         try:
-            async for events in events_of(job, queue, None):
+            async for events in events_of(job, inbox, None):
                 for e in events:
                     if isinstance(e, Failed):
                         yield sse(failure(e).body())
