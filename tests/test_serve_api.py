@@ -75,7 +75,7 @@ def test_streamed_chat_joins_to_the_plain_reply_and_reports_usage(client):
 
 def test_n_samples_and_seeds(client):
     kw = dict(model="tiny", messages=QUESTION, max_tokens=12, temperature=1.0, n=3, seed=7,
-              extra_body={"thinking_budget": 2})
+              extra_body={"thinking_budget": 2, "ignore_eos": True})
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
     texts = [c.message.content for c in a.choices]
     assert [c.index for c in a.choices] == [0, 1, 2]
@@ -281,7 +281,7 @@ def test_the_scheduler_survives_a_failing_step(server, monkeypatch):
         return real(self)
 
     monkeypatch.setattr(type(sched.batch), "step", flaky)
-    r = httpx.post(url + "/v1/completions", json={"prompt": "Tom", "max_tokens": 5})
+    r = httpx.post(url + "/v1/completions", json={"prompt": "Tom", "max_tokens": 5, "ignore_eos": True})
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     monkeypatch.setattr(type(sched.batch), "step", real)
     assert httpx.post(url + "/v1/completions", json={"prompt": "Tom", "max_tokens": 5}).status_code == 200
@@ -298,7 +298,8 @@ def test_api_key_is_required_everywhere_but_the_page(engine):
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(url + "/").status_code == 200
         good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
-        assert good.completions.create(model="tiny", prompt="Tom", max_tokens=2).choices[0].finish_reason == "length"
+        reply = good.completions.create(model="tiny", prompt="Tom", max_tokens=2, extra_body={"ignore_eos": True})
+        assert reply.choices[0].finish_reason == "length"
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
 

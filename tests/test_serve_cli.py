@@ -46,7 +46,8 @@ def test_serve_answers_with_its_key_and_stops_on_sigterm(ckpt):
             time.sleep(0.2)
         assert httpx.get(url + "/v1/models").status_code == 401
         r = httpx.post(url + "/v1/chat/completions", headers=auth, json={
-            "model": "tiny", "messages": [{"role": "user", "content": "Tom has 3 apples."}], "max_tokens": 5})
+            "model": "tiny", "messages": [{"role": "user", "content": "Tom has 3 apples."}], "max_tokens": 5,
+            "ignore_eos": True})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
         proc.send_signal(signal.SIGTERM)  # what a service manager sends (Ctrl-C takes the same path in uvicorn)
         out, _ = proc.communicate(timeout=30)

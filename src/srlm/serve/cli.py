@@ -47,5 +47,6 @@ def main(args) -> int:
     app = create_app(engine, settings)
     print(f"srlm serve: {name} on http://{args.host}:{args.port}/ (chat page), API at /v1"
           + (", API key required" if args.api_key else ""), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # on a signal, replies still streaming get a few seconds to finish; then the server stops regardless
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0

@@ -117,6 +117,8 @@ class Scheduler:
 
     def submit(self, job: Job) -> bool:
         """Queue a job; False when `max_waiting` jobs already wait (the caller answers 429)."""
+        if job.n_rows > self.max_batch:
+            raise SrlmError(f"a request of {job.n_rows} rows can never run in a batch of {self.max_batch}")
         with self._cv:
             if len(self._waiting) >= self.max_waiting:
                 return False
@@ -144,13 +146,24 @@ class Scheduler:
                 if self._stop:
                     break
                 admitted = self._take_admissible()
-            self._drop_cancelled()
-            if admitted:
-                self._admit(admitted)
-            if self._rows:
-                self._step()
+            try:
+                self._drop_cancelled()
+                if admitted:
+                    self._admit(admitted)
+                if self._rows:
+                    self._step()
+            except Exception:  # a bug in the bookkeeping: drop what runs, keep serving
+                self._reset("scheduler error")
         for job in list(self._running.values()) + list(self._waiting):
             self._send(job, [Failed("the server is shutting down")])
+
+    def _reset(self, what: str) -> None:
+        log.error("%s:\n%s", what, traceback.format_exc())
+        jobs = list(self._running.values())
+        self.batch = DecodeBatch(self.engine, self.max_len)
+        for job in jobs:
+            self._forget(job)
+            self._send(job, [Failed("internal error while generating; the request was dropped (see the server log)")])
 
     def _any_cancelled(self) -> bool:
         return any(job.cancelled for job in self._running.values())
@@ -225,13 +238,7 @@ class Scheduler:
         try:
             outs = self.batch.step()
         except Exception:
-            log.error("decode step failed:\n%s", traceback.format_exc())
-            jobs = list(self._running.values())
-            self.batch = DecodeBatch(self.engine, self.max_len)
-            for job in jobs:
-                self._forget(job)
-                self._send(job, [Failed("internal error while generating; the request was dropped "
-                                        "(see the server log)")])
+            self._reset("decode step failed")
             return
         self.steps += 1
         events: dict[int, list] = {}
