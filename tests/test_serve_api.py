@@ -128,9 +128,11 @@ def test_models_health_and_spec(server):
     url, _ = server
     models = httpx.get(url + "/v1/models").json()
     assert models["data"][0]["id"] == "tiny" and models["data"][0]["max_model_len"] == 256
+    assert httpx.get(url + "/v1/models/tiny").json() == models["data"][0]
+    assert httpx.get(url + "/v1/models/other").json()["error"]["code"] == "model_not_found"
     assert httpx.get(url + "/health").json()["status"] == "ok"
     spec = httpx.get(url + "/openapi.json").json()
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health"} <= set(spec["paths"])
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model_id}", "/health"} <= set(spec["paths"])
     page = httpx.get(url + "/")
     assert page.status_code == 200 and "<script" in page.text and "http" not in page.text.split("<script")[1]
 

@@ -90,7 +90,8 @@ def test_sixteen_clients_twenty_requests_each(server):
 # no parameters, so there is nothing to get wrong in them
 OPERATIONS = [("POST", "/v1/chat/completions", "positive"), ("POST", "/v1/chat/completions", "negative"),
               ("POST", "/v1/completions", "positive"), ("POST", "/v1/completions", "negative"),
-              ("GET", "/v1/models", "positive"), ("GET", "/health", "positive")]
+              ("GET", "/v1/models", "positive"), ("GET", "/v1/models/{model_id}", "positive"),
+              ("GET", "/health", "positive")]
 
 
 # a documented status and content type, the body the spec says, schema-invalid requests refused; not

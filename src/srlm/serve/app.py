@@ -38,6 +38,7 @@ from srlm.serve.protocol import (
     CompletionRequest,
     ErrorResponse,
     Health,
+    ModelCard,
     ModelList,
 )
 from srlm.serve.scheduler import Delta, Done, Failed, Finish, Job, Scheduler
@@ -430,8 +431,18 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
 
     @app.get("/v1/models", response_model=ModelList, responses={401: ERRORS[401]})
     async def models():
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
-                                            "owned_by": "srlm", "max_model_len": max_len}]}
+        return {"object": "list", "data": [card()]}
+
+    def card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "srlm",
+                "max_model_len": max_len}
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={401: ERRORS[401], 404: ERRORS[404]})
+    async def model_card(model_id: str):
+        if model_id != settings.model_name:
+            raise ApiError(404, f"The model '{model_id}' does not exist; this server serves '{settings.model_name}'",
+                           param="model", code="model_not_found")
+        return card()
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion,
               responses={**ERRORS, 200: {"content": {"text/event-stream": {}},

@@ -7,6 +7,7 @@ GET /health, GET /openapi.json, and the chat page at /.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from srlm.errors import SrlmError
@@ -45,6 +46,9 @@ def main(args) -> int:
     settings = ServeSettings(model_name=name, api_key=args.api_key, max_batch=args.max_batch,
                              max_model_len=args.max_model_len, max_body_bytes=args.max_body_bytes)
     app = create_app(engine, settings)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"srlm serve: warning: --host {args.host} without --api-key: anyone who can reach this machine "
+              f"can use the model", file=sys.stderr)
     print(f"srlm serve: {name} on http://{args.host}:{args.port}/ (chat page), API at /v1"
           + (", API key required" if args.api_key else ""), flush=True)
     # on a signal, replies still streaming get a few seconds to finish; then the server stops regardless
