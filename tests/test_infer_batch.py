@@ -71,12 +71,12 @@ def test_rows_joining_a_running_batch_decode_as_they_would_alone(engine, monkeyp
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_stop_ids_limits_and_the_context_end(engine, fused):
+def test_stop_ids_limits_and_the_context_end(engine, fused, monkeypatch):
     free = _alone(engine, PROMPTS[1], max_new_tokens=30, temperature=0, stop_token_ids=[]).token_ids
     stop = free[4]
-    batch = DecodeBatch(engine, max_len=40)
     if not fused:  # the model's own forward, as for models the fused step does not support
-        batch._fused = None
+        monkeypatch.setattr(engine, "fused_decoder", lambda max_len: None)
+    batch = DecodeBatch(engine, max_len=40)
     got, finish = _run(batch, {0: [("s", RowRequest(PROMPTS[1], max_new_tokens=30, temperature=0, stop_token_ids=[stop])),
                                    ("ctx", RowRequest(PROMPTS[3], max_new_tokens=30, temperature=0, stop_token_ids=[]))]})
     assert got[("s", 0)] == free[:free.index(stop) + 1] and finish[("s", 0)] == "stop"

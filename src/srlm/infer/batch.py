@@ -173,6 +173,7 @@ class DecodeBatch:
         prompts = [self._check(i, r) for i, r in enumerate(requests)]
         if not prompts:
             return []
+        self._fused = self.engine.fused_decoder(self.max_len)  # rebuilt if the weights changed since
         dev, model = self.device, self.model
         B = len(prompts)
         lens = [len(p) for p in prompts]
