@@ -102,15 +102,16 @@ class DecodeBatch:
         self._want_lp = bool(self.want_lp.any())
         self._top_n = int(self.top_n.max()) if len(self.keys) else 0
         self._budgets = self.engine.think_ids is not None and bool((self.budget >= 0).any())
-        # a seeded request's rows are contiguous (added together, and removals keep the order)
+        # a seeded request's rows are contiguous (added together, and removals keep the order): each run of
+        # rows draws its noise from its own generator, unseeded runs from the batch's
         groups = self.group.tolist()
-        self._seeded = []
-        for i, g in enumerate(groups):
-            if g >= 0 and (i == 0 or groups[i - 1] != g):
-                end = i
-                while end < len(groups) and groups[end] == g:
-                    end += 1
-                self._seeded.append((i, end, self._generators[g]))
+        self._draws = []
+        start = 0
+        for i in range(1, len(groups) + 1):
+            if i == len(groups) or groups[i] != groups[start]:
+                g = groups[start]
+                self._draws.append((start, i, self._generators[g] if g >= 0 else self._gen))
+                start = i
 
     def _clear(self) -> None:
         dev = self.device
@@ -278,8 +279,8 @@ class DecodeBatch:
     def _noise(self) -> torch.Tensor | None:
         if not self._sampling:
             return None
-        noise = torch.empty(len(self.keys), self.vocab_size, device=self.device).exponential_(generator=self._gen)
-        for start, end, g in self._seeded:  # once per seeded request, not per row
+        noise = torch.empty(len(self.keys), self.vocab_size, device=self.device)
+        for start, end, g in self._draws:  # once per run of rows (a seeded request, or unseeded ones), not per row
             noise[start:end].exponential_(generator=g)
         return noise
 
