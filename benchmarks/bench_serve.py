@@ -54,26 +54,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(url: str, i: int, max_tokens: int) -> tuple[float, int]:
+def request(http: httpx.Client, i: int, max_tokens: int) -> tuple[float, int]:
     body = {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], "max_tokens": max_tokens,
             "temperature": 0.7, "seed": i, "ignore_eos": True}
     t0 = time.perf_counter()
-    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+    r = http.post("/v1/chat/completions", json=body)
     r.raise_for_status()
     return time.perf_counter() - t0, r.json()["usage"]["completion_tokens"]
 
 
-def one_at_a_time(url: str, n: int, max_tokens: int) -> tuple[float, int, list[float]]:
+def one_at_a_time(http: httpx.Client, n: int, max_tokens: int) -> tuple[float, int, list[float]]:
     t0 = time.perf_counter()
-    results = [request(url, i, max_tokens) for i in range(n)]
+    results = [request(http, i, max_tokens) for i in range(n)]
     return time.perf_counter() - t0, sum(t for _, t in results), [lat for lat, _ in results]
 
 
-def concurrent(url: str, n: int, max_tokens: int) -> tuple[float, int, list[float]]:
+def concurrent(http: httpx.Client, n: int, max_tokens: int) -> tuple[float, int, list[float]]:
     results: list = [None] * n
 
     def run(i):
-        results[i] = request(url, i, max_tokens)
+        results[i] = request(http, i, max_tokens)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     t0 = time.perf_counter()
@@ -123,12 +123,14 @@ def main() -> int:
             model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
             print(f"model {model}; {args.clients} chat requests of {args.max_tokens} new tokens each "
                   f"(temperature 0.7, ignore_eos)")
-            request(url, 0, 8)  # warm-up
-            concurrent(url, args.clients, 8)
+            # one pooled client, as an application would hold, with a connection per concurrent request
+            http = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=args.clients))
+            request(http, 0, 8)  # warm-up (and open the connections)
+            concurrent(http, args.clients, 8)
             ratios = []
             for rnd in range(args.rounds):
-                s_wall, s_tok, s_lat = one_at_a_time(url, args.clients, args.max_tokens)
-                c_wall, c_tok, c_lat = concurrent(url, args.clients, args.max_tokens)
+                s_wall, s_tok, s_lat = one_at_a_time(http, args.clients, args.max_tokens)
+                c_wall, c_tok, c_lat = concurrent(http, args.clients, args.max_tokens)
                 s_tps, c_tps = s_tok / s_wall, c_tok / c_wall
                 ratios.append(c_tps / s_tps)
                 print(f"round {rnd + 1}: one at a time {s_tps:7.1f} tok/s ({s_wall:.2f} s, mean latency "
