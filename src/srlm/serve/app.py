@@ -223,7 +223,7 @@ class _Prepared:
     n: int
 
 
-def create_app(engine, settings: ServeSettings | None = None, scheduler: Scheduler | None = None) -> FastAPI:
+def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     """The app; the scheduler thread starts with the app's lifespan and stops with it."""
     settings = settings or ServeSettings()
     tokenizer = engine.tokenizer
@@ -235,8 +235,7 @@ def create_app(engine, settings: ServeSettings | None = None, scheduler: Schedul
                         f"(max_position_embeddings = {engine.max_context})")
     if settings.max_batch < 1:
         raise SrlmError(f"--max-batch {settings.max_batch}: give at least 1 row")
-    sched = scheduler or Scheduler(engine, max_batch=settings.max_batch, max_len=max_len,
-                                   max_waiting=settings.max_waiting)
+    sched = Scheduler(engine, max_batch=settings.max_batch, max_len=max_len, max_waiting=settings.max_waiting)
     created = int(time.time())
 
     @asynccontextmanager
