@@ -30,8 +30,7 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "srlm.cli", "serve", args.ckpt, "--port", str(port),
-                               "--model-name", "runs/default/final"])
+    server = subprocess.Popen([sys.executable, "-m", "srlm.cli", "serve", args.ckpt, "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -42,7 +41,7 @@ def main() -> int:
                 time.sleep(0.2)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 980, "height": 620})
+            page = browser.new_page(viewport={"width": 1100, "height": 560})
             page.goto(url + "/")
             page.fill("#temperature", "0")
             page.fill("#max-tokens", "256")
