@@ -70,3 +70,17 @@ def test_reasoning_split_when_the_prompt_opened_the_thought_or_there_is_none():
     s = ReasoningSplitter()
     parts = [s.push("just an answer"), s.push(" <"), s.finish()]
     assert [p[0] for p in parts] == ["", "", ""] and "".join(p[1] for p in parts) == "just an answer <"
+
+
+def test_collecting_the_ids_gives_the_streamed_text(engine):
+    tok = engine.tokenizer
+    prompt = tok.encode("héllo wörld, 日本語")
+    for seed in range(3):
+        ids = torch.randint(0, tok.vocab_size, (40,), generator=torch.Generator().manual_seed(seed)).tolist()
+        streamed = TextStream(tok, prompt)
+        text = "".join(streamed.push(t) for t in ids) + streamed.finish()
+        at_end = TextStream(tok, prompt, incremental=False)
+        assert all(at_end.push(t) == "" for t in ids)
+        assert at_end.finish() == text
+    with pytest.raises(ValueError, match="incremental"):
+        TextStream(tok, prompt, ["stop"], incremental=False)

@@ -3,7 +3,8 @@
 `TextStream` turns ids into text deltas (the tokenizer's `StreamDecoder`), holds back a tail
 that could still begin a stop string, and cuts the text before the first stop string it finds
 (`stopped` then turns True), so "".join(deltas) is the text `Engine.generate` returns for the
-same ids and stop strings. `ReasoningSplitter` routes the text between <think> and </think> to
+same ids and stop strings; without stop strings and without a reader along the way it can just
+collect the ids and decode them once at the end. `ReasoningSplitter` routes the text between <think> and </think> to
 the reasoning and the rest to the answer, markers split across deltas included, each part
 without its surrounding whitespace; "".join of each part's deltas is that part, whole.
 """
@@ -28,15 +29,26 @@ def _partial_suffix(text: str, markers: Sequence[str]) -> int:
 
 class TextStream:
     def __init__(self, tokenizer, prompt_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
-                 skip_special_tokens: bool = True):
-        self.decoder = tokenizer.stream_decoder(list(prompt_ids)[-5:], skip_special_tokens=skip_special_tokens)
+                 skip_special_tokens: bool = True, incremental: bool = True):
+        """`incremental=False` (no stop strings then): nobody reads the text before the end, so the ids are
+        only collected, and `finish` decodes them at once (the same text, without a decode per token)."""
         self.stops = [s for s in stop_strings if s]
+        if self.stops and not incremental:
+            raise ValueError("stop strings are found as the text grows: they need incremental=True")
+        self.incremental = incremental
+        self.tokenizer, self.skip = tokenizer, skip_special_tokens
+        self.tail = list(prompt_ids)[-5:]
+        self.ids: list[int] = []
+        self.decoder = tokenizer.stream_decoder(self.tail, skip_special_tokens=skip_special_tokens)
         self.pending = ""
         self.stopped = False
 
     def push(self, token_id: int) -> str:
         """The text that `token_id` makes safe to show ("" while held back, and always once stopped)."""
         if self.stopped:
+            return ""
+        if not self.incremental:
+            self.ids.append(int(token_id))
             return ""
         self.pending += self.decoder.push(token_id)
         return self._release(final=False)
@@ -45,6 +57,9 @@ class TextStream:
         """The rest, once generation ended (text held back for a stop string that did not come)."""
         if self.stopped:
             return ""
+        if not self.incremental:  # as the stream decoder does: the prompt's tail gives the first token its spacing
+            prefix = self.tokenizer.decode(self.tail, skip_special_tokens=self.skip)
+            return self.tokenizer.decode(self.tail + self.ids, skip_special_tokens=self.skip)[len(prefix):]
         self.pending += self.decoder.flush()
         return self._release(final=True)
 

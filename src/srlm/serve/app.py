@@ -368,7 +368,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     # ------------------------------------------------------------ running a job
     def submit(prep: _Prepared, stream: bool) -> tuple[Job, _Inbox]:
         inbox = _Inbox(asyncio.get_running_loop(), eager=stream)
-        job = Job(prep.rows, prep.stops, inbox.put)
+        job = Job(prep.rows, prep.stops, inbox.put, stream=stream)
         if not sched.submit(job):
             raise ApiError(429, f"{settings.max_waiting} requests are already waiting: retry later",
                            type="rate_limit_error", code="server_busy")

@@ -63,6 +63,8 @@ class Job:
     stop_strings: list[str]
     #: receives a list of events (Delta, Finish, Done, Failed), called from the scheduler thread
     sink: Callable[[list], None]
+    #: the client reads the text as it grows; otherwise it only wants the end (events come at the finish)
+    stream: bool = True
     id: int = field(default_factory=itertools.count().__next__)
     cancelled: bool = False
 
@@ -72,9 +74,10 @@ class Job:
 
 
 class _Choice:
-    def __init__(self, tokenizer, prompt, stop_strings):
-        self.stream = TextStream(tokenizer, prompt, stop_strings)
+    def __init__(self, tokenizer, prompt, stop_strings, incremental: bool):
+        self.stream = TextStream(tokenizer, prompt, stop_strings, incremental=incremental or bool(stop_strings))
         self.tokens = 0
+        self.steps: list[RowStep] = []  # kept for logprobs until the end, when the text is not streamed
         self.done = False
 
 
@@ -223,7 +226,7 @@ class Scheduler:
                 for r in job.rows:
                     for key in next(it):
                         self._rows[key] = (job, len(choices))
-                        choices.append(_Choice(tok, r.prompt, job.stop_strings))
+                        choices.append(_Choice(tok, r.prompt, job.stop_strings, job.stream))
                 self._choices[job.id] = choices
                 self._running[job.id] = job
 
@@ -247,7 +250,6 @@ class Scheduler:
             job, index = self._rows[out.key]
             choice = self._choices[job.id][index]
             choice.tokens += 1
-            ev = events.setdefault(job.id, [])
             text = "" if out.finish == "stop" else choice.stream.push(out.token)  # a stop id is not shown
             reason = out.finish
             if choice.stream.stopped and reason is None:
@@ -255,10 +257,16 @@ class Scheduler:
                 stopped_keys.append(out.key)
             if reason is not None:
                 text += choice.stream.finish()
-            ev.append(Delta(index, text, [out]))
+            if choice.stream.incremental:
+                events.setdefault(job.id, []).append(Delta(index, text, [out]))
+            else:
+                if out.logprob is not None:
+                    choice.steps.append(out)
+                if reason is not None:
+                    events.setdefault(job.id, []).append(Delta(index, text, choice.steps))
             if reason is not None:
                 choice.done = True
-                ev.append(Finish(index, "stop" if choice.stream.stopped else reason))
+                events[job.id].append(Finish(index, "stop" if choice.stream.stopped else reason))
                 with self._cv:
                     del self._rows[out.key]
         if stopped_keys:
