@@ -39,7 +39,8 @@ def build_random_checkpoint(folder: Path, preset: str) -> Path:
     import torch
 
     from srlm.data.synthetic import corpus_lines
-    from srlm.model import CausalLM, preset as make_preset, save
+    from srlm.model import CausalLM, save
+    from srlm.model import preset as make_preset
     from srlm.tokenizer import train_bpe
 
     tok = train_bpe(list(corpus_lines(2000)), 1024)

@@ -102,7 +102,7 @@ def test_logprobs_and_thinking_budget_match_the_engine(engine):
                           thinking_budget=3)[0][0]
     assert engine.think_ids[1] in ref.token_ids  # the budget forced </think>
     batch = DecodeBatch(engine)
-    [[key]] = batch.add([RowRequest(prompt, max_new_tokens=12, temperature=0, stop_token_ids=[], logprobs=True,
+    batch.add([RowRequest(prompt, max_new_tokens=12, temperature=0, stop_token_ids=[], logprobs=True,
                                     top_logprobs=3, thinking_budget=3)])
     outs = []
     while len(batch):

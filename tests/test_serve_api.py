@@ -13,9 +13,10 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from _serve_fixtures import live_server, make_checkpoint  # noqa: E402
-from srlm.infer import load_engine  # noqa: E402
-from srlm.serve.app import ServeSettings, create_app  # noqa: E402
+from _serve_fixtures import live_server, make_checkpoint
+
+from srlm.infer import load_engine
+from srlm.serve.app import ServeSettings, create_app
 
 QUESTION = [{"role": "user", "content": "Tom has 12 apples and eats 3. How many are left?"}]
 

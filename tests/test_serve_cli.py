@@ -11,9 +11,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from _serve_fixtures import free_port, make_checkpoint  # noqa: E402
-from srlm.cli import build_parser  # noqa: E402
-from srlm.cli import main as srlm_main  # noqa: E402
+from _serve_fixtures import free_port, make_checkpoint
+
+from srlm.cli import build_parser
+from srlm.cli import main as srlm_main
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,19 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+from _serve_fixtures import live_server, make_checkpoint
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from _serve_fixtures import live_server, make_checkpoint  # noqa: E402
-from srlm.infer import load_engine  # noqa: E402
-from srlm.serve.app import ServeSettings, create_app  # noqa: E402
+from srlm.infer import load_engine
+from srlm.serve.app import ServeSettings, create_app
 
 CLIENTS, REQUESTS, NEW_TOKENS = 16, 20, 8
 

@@ -12,9 +12,10 @@ import pytest
 pytest.importorskip("fastapi")
 playwright = pytest.importorskip("playwright.sync_api")
 
-from _serve_fixtures import live_server, make_checkpoint  # noqa: E402
-from srlm.infer import load_engine  # noqa: E402
-from srlm.serve.app import ServeSettings, create_app  # noqa: E402
+from _serve_fixtures import live_server, make_checkpoint
+
+from srlm.infer import load_engine
+from srlm.serve.app import ServeSettings, create_app
 
 CHROMIUM = os.environ.get("SRLM_CHROMIUM") or next(
     (p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium") if p and

@@ -118,7 +118,9 @@ class DecodeBatch:
         self.keys = []
         self.cache = None
         self._generators.clear()
-        long = lambda: torch.zeros(0, dtype=torch.long, device=dev)  # noqa: E731
+        def long():
+            return torch.zeros(0, dtype=torch.long, device=dev)
+
         self.lens, self.produced, self.limit, self.top_k, self.top_n = long(), long(), long(), long(), long()
         self.budget, self.think_count, self.group = long(), long(), long()
         self.temperature = torch.zeros(0, device=dev)

@@ -62,7 +62,7 @@ class KVCache:
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
 
-    def extend(self, other: "KVCache") -> None:
+    def extend(self, other: KVCache) -> None:
         """Append the rows of `other`, their filled slots right-aligned to end at this cache's write position.
 
         The slots before them in the new rows are zeros, to be masked out by the caller; `other.pos`
