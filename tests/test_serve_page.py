@@ -100,7 +100,7 @@ def test_the_stop_button_ends_the_reply_and_frees_its_row(page, served, monkeypa
     pg.click("#new-chat")  # the same conversation as the request above: the page sends the whole history
     assert pg.locator(".msg").count() == 0
     _ask(pg, question, temperature="0", max_tokens="400", budget="8")
-    pg.wait_for_function("document.querySelector('.msg.assistant')?.textContent.length > 0")
+    pg.wait_for_function("document.querySelector('.msg.assistant .reasoning-text')?.textContent.length > 0")
     assert sched.stats()["running_rows"] == 1
     pg.click("#stop")
     reply = pg.locator(".msg.assistant").last
@@ -111,3 +111,21 @@ def test_the_stop_button_ends_the_reply_and_frees_its_row(page, served, monkeypa
         time.sleep(0.02)
     assert sched.stats()["running_rows"] == 0
     assert pg.is_enabled("#send") and pg.is_hidden("#stop")
+
+
+def test_the_page_asks_for_the_api_key_and_then_uses_it(served, page):
+    engine = served[1].state.scheduler.engine
+    app = create_app(engine, ServeSettings(model_name="locked", api_key="s3cret", max_batch=2, max_model_len=256))
+    with live_server(app) as url:
+        pg = page[0].context.browser.new_page()
+        pg.goto(url + "/")  # the page itself needs no key
+        pg.wait_for_function("document.getElementById('model').textContent === 'API key needed'")
+        assert pg.is_visible("#api-key")
+        pg.fill("#api-key", "s3cret")
+        pg.dispatch_event("#api-key", "change")
+        pg.wait_for_function("document.getElementById('model').textContent.startsWith('locked')")
+        _ask(pg, "Tom has 3 apples.", max_tokens="12")
+        pg.wait_for_selector(".msg.assistant[data-finished]", timeout=60_000)
+        assert pg.locator(".msg.assistant").get_attribute("data-finished") in ("length", "stop")
+        assert "error" not in pg.locator(".msg.assistant").get_attribute("class")
+        pg.close()
