@@ -203,11 +203,13 @@ def test_malformed_and_oversized_bodies(server, engine):
     assert httpx.post(url + "/v1/completions", json={"prompt": "Tom", "max_tokens": 3}).status_code == 200
 
 
-def test_late_requests_join_the_running_batch(server, engine):
+def test_late_requests_join_the_running_batch(server, engine, monkeypatch):
     """A request sent while another decodes finishes first, and gets the tokens it would get alone."""
     url, app = server
     sched = app.state.scheduler
     alone = httpx.post(url + "/v1/completions", json={"prompt": "Ann has", "max_tokens": 8, "temperature": 0}).json()
+    real = type(sched.batch).step
+    monkeypatch.setattr(type(sched.batch), "step", lambda self: (time.sleep(0.002), real(self))[1])  # >= 0.4 s
     seen_rows = []
     order = []
     with httpx.stream("POST", url + "/v1/completions", timeout=60, json={
