@@ -402,3 +402,12 @@ def test_jinja_environment_matches_transformers(qwen_dir, tmp_path):
     assert text == hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text.count("<|im_start|>") == 3 and "\n2 " in text and "<|im_end|>|<|endoftext|>|\n" in text
     assert tok.apply_chat_template(messages, add_generation_prompt=True) == hf_chat_ids(hf, messages, add_generation_prompt=True)
+
+
+def test_token_bytes_rebuild_the_text_even_inside_a_character():
+    tok = train_bpe(["héllo wörld, 日本語 ✓ naïve café 🙂 and more"] * 20, vocab_size=300)
+    text = "日本語 🙂 ✓ naïve, plain"
+    ids = tok.encode(text)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some tokens hold part of a character
+    assert b"".join(tok.token_bytes(i) for i in ids) == text.encode("utf-8")
+    assert tok.token_bytes(tok.token_to_id("<|im_end|>")) == b"<|im_end|>"

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("srlm.infer.cli", "generate text from a checkpoint"),
     "chat": ("srlm.infer.chat", "interactive chat in the terminal"),
     "bench": ("srlm.infer.bench", "benchmark prefill and decode speed and memory"),
+    "serve": ("srlm.serve.cli", "serve a checkpoint over an OpenAI-compatible API, with a chat page"),
     "info": ("srlm.model.info", "describe a checkpoint: architecture, size, memory"),
     "tokenizer": ("srlm.tokenizer", "train a byte-level BPE tokenizer from text files"),
 }

@@ -68,6 +68,20 @@ def _token_content(value) -> str | None:
 
 
 @lru_cache(maxsize=16)
+@lru_cache(maxsize=1)
+def _byte_level_bytes() -> dict[str, int]:
+    """GPT-2's byte-to-character table of byte-level BPE, inverted: character -> the byte it stands for."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars = dict(zip(printable, printable))
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = 256 + extra
+            extra += 1
+    return {chr(c): b for b, c in chars.items()}
+
+
 def _compile_template(source: str):
     """Compile like transformers' `_compile_jinja_template`, so templates render identically."""
     import jinja2
@@ -264,6 +278,17 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`; add_special_tokens=True adds what the post-processor adds (e.g. BOS)."""
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for. A byte-level BPE token can hold part of a UTF-8 character,
+        which `decode` shows as U+FFFD; its bytes come from the token's own characters then."""
+        text = self.decode([token_id])
+        piece = self.backend.id_to_token(int(token_id)) if "\ufffd" in text else None
+        if piece is not None:
+            table = _byte_level_bytes()
+            if all(ch in table for ch in piece):
+                return bytes(table[ch] for ch in piece)
+        return text.encode("utf-8")
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]

@@ -1,9 +1,11 @@
-"""The inference room: batched generation over token ids, sampling, int8 weights, and the
-`generate` / `chat` / `bench` commands. Reads checkpoints from `srlm.model`; knows nothing of
-training or evaluation (the eval harness reaches it through `srlm.infer.backend.EngineBackend`).
+"""The inference room: batched generation over token ids, continuous batching (`batch`), sampling,
+int8 weights, loading a checkpoint (`load_engine`), and the `generate` / `chat` / `bench` commands.
+Reads checkpoints from `srlm.model`; knows nothing of training or evaluation (the eval harness reaches
+it through `srlm.infer.backend.EngineBackend`).
 """
 
 from srlm.infer.engine import Completion, Engine
+from srlm.infer.load import load_engine
 from srlm.infer.sampling import SamplingParams
 
-__all__ = ["Completion", "Engine", "SamplingParams"]
+__all__ = ["Completion", "Engine", "SamplingParams", "load_engine"]

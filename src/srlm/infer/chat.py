@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 
 from srlm.errors import SrlmError
-from srlm.infer.cli import add_model_arguments, add_sampling_arguments, load_engine, sampling_kwargs, text_argument
+from srlm.infer.load import load_engine
+from srlm.infer.options import add_model_arguments, add_sampling_arguments, sampling_kwargs, text_argument
 from srlm.infer.engine import THINK_END, THINK_START
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -66,7 +67,8 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     text_argument(args.system, "--system")
-    engine = load_engine(args)
+    engine = load_engine(args.path, dtype=args.dtype, quantize=args.quantize, threads=args.threads,
+                         allow_nonfinite=args.allow_nonfinite)
     if not engine.tokenizer.has_chat_template:
         raise SrlmError(f"{args.path}: srlm chat needs a chat template, and this checkpoint's tokenizer has none "
                         f"(tokenizer_config.json \"chat_template\" or chat_template.jinja); use srlm generate instead")

@@ -3,7 +3,7 @@
 One completion streams to the terminal as it is generated; `--n K` prints K samples;
 `--json` prints one JSON object (prompt, completions with ids, finish reasons and
 timing). `--chat` wraps the prompt as one user turn of the checkpoint's chat template.
-The sampling flags map one to one onto `Engine.generate`; shared with `srlm chat`.
+The sampling flags (srlm.infer.options, shared with `srlm chat`) map one to one onto `Engine.generate`.
 """
 
 from __future__ import annotations
@@ -13,96 +13,8 @@ import sys
 import time
 
 from srlm.errors import SrlmError
-
-
-def add_model_arguments(p) -> None:
-    p.add_argument("path", help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
-    from srlm.infer.quant import QUANT_MODES
-
-    p.add_argument("--quantize", choices=list(QUANT_MODES), default=None,
-                   help="weight-only Linear layers, applied at load: int8 (per-output-channel scales) or int4 "
-                        "(groups of 32 with scale and zero point)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: as saved; bfloat16 with --quantize)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--allow-nonfinite", action="store_true",
-                   help="run a checkpoint whose weights hold NaN or Inf (refused by default: its outputs are garbage)")
-
-
-def add_sampling_arguments(p, temperature: float | None = None, max_new_tokens: int = 256) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="new tokens at most")
-    p.add_argument("--temperature", type=float, default=temperature,
-                   help="0 = greedy" + (f" (default {temperature})" if temperature is not None
-                                        else " (default 0, or 0.8 with --n > 1)"))
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the best (0 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL repetition penalty (1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--thinking-budget", type=int, default=None,
-                   help="at most N tokens inside <think>...</think>, then </think> is forced")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
-    p.add_argument("--stop-regex", default=None, metavar="PATTERN",
-                   help="stop as soon as the text matches, e.g. 'The answer is -?[0-9]+\\.'")
-
-
-def text_argument(value: str | None, flag: str) -> str | None:
-    """`value` when it is valid UTF-8; an `SrlmError` naming `flag` and the first bad byte if not.
-
-    Python hands undecodable command-line bytes over as lone surrogates, which the tokenizer rejects
-    with a TypeError.
-    """
-    if value is None:
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raw = value[e.start:e.end].encode("utf-8", "surrogateescape")
-        raise SrlmError(f"{flag}: not valid UTF-8 text (byte 0x{raw[0]:02x} at character {e.start + 1}); "
-                        f"give UTF-8 text (check the terminal's or the file's encoding)") from None
-    return value
-
-
-def sampling_kwargs(args, n: int = 1) -> dict:
-    for s in args.stop or []:
-        text_argument(s, "--stop")
-        if not s:
-            raise SrlmError("--stop '': an empty stop string matches at once, so every completion would be empty; "
-                            "give the text to stop at")
-    temperature = args.temperature if args.temperature is not None else (0.8 if n > 1 else 0.0)
-    return dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k or None,
-                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                thinking_budget=args.thinking_budget, stop_strings=args.stop,
-                stop_condition=_compile_regex(args.stop_regex))
-
-
-def _compile_regex(pattern: str | None):
-    import re
-
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise SrlmError(f"--stop-regex {pattern!r} is not a valid regular expression ({e})") from None
-
-
-def load_engine(args):
-    import torch
-
-    from srlm.infer.engine import Engine
-    from srlm.infer.quant import load_for_inference
-    from srlm.model.checkpoint import check_finite
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SrlmError(f"--threads {args.threads}: give a positive number of threads")
-        torch.set_num_threads(args.threads)
-    model, tokenizer = load_for_inference(args.path, dtype=args.dtype, quantize=args.quantize)
-    check_finite(model, args.path, allow=args.allow_nonfinite)
-    if tokenizer is None:
-        raise SrlmError(f"{args.path}: no tokenizer.json, so text prompts cannot be encoded; "
-                        f"save the checkpoint with its tokenizer")
-    return Engine(model, tokenizer)
+from srlm.infer.load import load_engine
+from srlm.infer.options import add_model_arguments, add_sampling_arguments, sampling_kwargs, text_argument
 
 
 def add_arguments(p) -> None:
@@ -116,7 +28,8 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     text_argument(args.prompt, "--prompt")
-    engine = load_engine(args)
+    engine = load_engine(args.path, dtype=args.dtype, quantize=args.quantize, threads=args.threads,
+                         allow_nonfinite=args.allow_nonfinite)
     if args.chat and not engine.tokenizer.has_chat_template:
         raise SrlmError(f"{args.path}: --chat needs a chat template, and this checkpoint's tokenizer has none "
                         f"(tokenizer_config.json \"chat_template\" or chat_template.jinja); drop --chat")

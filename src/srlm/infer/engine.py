@@ -119,6 +119,17 @@ class Engine:
             ids |= set(self.tokenizer.eos_token_ids)
         return sorted(ids)
 
+    def fused_decoder(self, max_len: int) -> FusedDecoder | None:
+        """The eager decode step on fused weights (srlm.infer.decode), made once and refreshed when a
+        parameter changed, with rotary tables up to `max_len` positions; None where the model does not
+        support it (its layers then run their own forward)."""
+        if not FusedDecoder.supported(self.model):
+            return None
+        if self._fused is None:
+            self._fused = FusedDecoder(self.model)
+        self._fused.refresh(max_len)
+        return self._fused
+
     def _check_prompts(self, prompts) -> list[list[int]]:
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
             raise SrlmError("prompts must be a non-empty list of token-id lists (use generate_text for strings)")
@@ -194,12 +205,8 @@ class Engine:
         limits = torch.tensor(limits_b, dtype=torch.long, device=dev)[rows_of_prompt]
         row_ids = torch.arange(R, device=dev)
         decode_mask = mask if padded else None
-        fused = None
-        if not static and FusedDecoder.supported(model):
-            if self._fused is None:
-                self._fused = FusedDecoder(model)
-            fused = self._fused
-            fused.refresh(cache_len)
+        fused = None if static else self.fused_decoder(cache_len)
+        if fused is not None:
             if padded:  # additive mask over every cache slot: 0 attend, -inf padding
                 decode_mask = torch.zeros(R, P + T, dtype=torch.float32, device=dev).masked_fill_(~mask, float("-inf"))
         if static:

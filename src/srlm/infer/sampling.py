@@ -7,6 +7,10 @@ log-probability is that of the chosen token under softmax(logits / temperature) 
 the repetition penalty applied and no truncation — the quantity a trainer recomputes
 from a forward pass (GRPO's old-policy log-probs); greedy reports it at temperature 1.
 Randomness comes only from the `torch.Generator` passed in, so a seed reproduces a run.
+
+`sample_rows` is the same draw with settings that differ from row to row (a server's running
+batch mixes requests): per-row temperature, top-k, top-p and min-p tensors, and the Exp(1)
+noise given by the caller, who owns the generators (one per seeded request).
 """
 
 from __future__ import annotations
@@ -110,3 +114,58 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if want_logprobs:
         logprobs = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, logprobs
+
+
+def truncate_rows(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """`truncate` with per-row settings: top_k (rows,) long (0 = off), top_p and min_p (rows,) float."""
+    neg = torch.finfo(logits.dtype).min
+    vocab = logits.shape[-1]
+    if bool((top_k > 0).any()):
+        k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+        kth = torch.topk(logits, int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])
+        logits = logits.masked_fill(logits < kth, neg)
+    if bool((min_p > 0).any()):
+        probs = torch.softmax(logits, dim=-1)
+        floor = probs.amax(dim=-1, keepdim=True) * min_p[:, None]
+        logits = logits.masked_fill(probs < floor, neg)
+    if bool((top_p < 1).any()):
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        p_sorted = torch.softmax(sorted_logits, dim=-1)
+        drop_sorted = (p_sorted.cumsum(dim=-1) - p_sorted) >= top_p[:, None]
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, neg)
+    return logits
+
+
+def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                min_p: torch.Tensor, noise: torch.Tensor | None, force: torch.Tensor | None = None,
+                force_token: int = 0, want_logprobs: bool = False, top_logprobs: int = 0):
+    """`sample` with one setting per row: (rows, vocab) logits -> (tokens, logprobs or None, top or None).
+
+    temperature (rows,) float (0 = greedy for that row); top_k (rows,) long; top_p, min_p (rows,) float.
+    `noise`: (rows, vocab) Exp(1) draws (None when every row is greedy); row i then draws exactly
+    what `sample` draws from a generator that yields noise[i]. `force` (rows,) bool replaces the
+    draw by `force_token`. `top_logprobs` > 0 also returns the (ids, logprobs) of that many most
+    likely tokens per row, (rows, top_logprobs) each, under the same distribution as the logprobs.
+    """
+    logits = logits.float()
+    greedy = temperature <= 0
+    tokens = logits.argmax(dim=-1)
+    scaled = logits
+    if not bool(greedy.all()):
+        if noise is None:
+            raise ValueError("sample_rows: rows with temperature > 0 need noise")
+        scaled = logits / torch.where(greedy, 1.0, temperature.float())[:, None]
+        kept = truncate_rows(scaled, top_k, top_p, min_p)
+        probs = torch.softmax(kept, dim=-1)
+        tokens = torch.where(greedy, tokens, (probs / noise).argmax(dim=-1))
+    if force is not None:
+        tokens = torch.where(force, force_token, tokens)
+    logprobs = top = None
+    if want_logprobs or top_logprobs:
+        logp = torch.log_softmax(scaled, dim=-1)
+        logprobs = logp.gather(-1, tokens[:, None]).squeeze(-1)
+        if top_logprobs:
+            values, ids = torch.topk(logp, min(top_logprobs, logp.shape[-1]), dim=-1)
+            top = (ids, values)
+    return tokens, logprobs, top

@@ -5,6 +5,11 @@ filled left to right. All rows share one write position: batches of prompts of
 different lengths are left-padded, and the attention mask (batch, filled length)
 tells which slots hold real tokens. Writing into a preallocated buffer instead of
 `torch.cat` keeps each decode step free of reallocation.
+
+A running batch that rows join and leave (continuous batching, srlm.infer.batch) keeps
+every row's tokens right-aligned at the shared write position: `extend` appends the
+rows of another cache (a fresh prefill) aligned that way, and `realign` moves the
+write position (room for a longer prompt on the left, or slots no row uses dropped).
 """
 
 from __future__ import annotations
@@ -56,6 +61,42 @@ class KVCache:
         """Keep only `rows` of the batch (drop finished rows, or repeat rows to fan a prompt out to n samples)."""
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
+
+    def extend(self, other: KVCache) -> None:
+        """Append the rows of `other`, their filled slots right-aligned to end at this cache's write position.
+
+        The slots before them in the new rows are zeros, to be masked out by the caller; `other.pos`
+        must not exceed `self.pos` (`realign` first to make room).
+        """
+        n = other.pos
+        if n > self.pos:
+            raise ValueError(f"cannot right-align {n} filled slots at write position {self.pos}: realign first")
+        shape = list(other.k.shape)
+        shape[3] = self.max_len
+        k = other.k.new_zeros(shape, dtype=self.k.dtype)
+        v = other.v.new_zeros(shape, dtype=self.v.dtype)
+        k.narrow(3, self.pos - n, n).copy_(other.k.narrow(3, 0, n))
+        v.narrow(3, self.pos - n, n).copy_(other.v.narrow(3, 0, n))
+        self.k = torch.cat([self.k, k], dim=1)
+        self.v = torch.cat([self.v, v], dim=1)
+
+    def realign(self, pos: int, max_len: int | None = None) -> None:
+        """Move the write position to `pos` (and the capacity to `max_len`), keeping the slots just before it.
+
+        The last min(self.pos, pos) filled slots move so that they end at `pos`; with `pos` below
+        `self.pos` the leftmost slots are dropped, so the caller must know that no row uses them.
+        New slots on the left are zeros.
+        """
+        max_len = self.max_len if max_len is None else max_len
+        if pos > max_len:
+            raise ValueError(f"write position {pos} beyond a capacity of {max_len} slots")
+        keep = min(self.pos, pos)
+        shape = list(self.k.shape)
+        shape[3] = max_len
+        k, v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        k.narrow(3, pos - keep, keep).copy_(self.k.narrow(3, self.pos - keep, keep))
+        v.narrow(3, pos - keep, keep).copy_(self.v.narrow(3, self.pos - keep, keep))
+        self.k, self.v, self.pos = k, v, pos
 
 
 class SharedPrefix:
