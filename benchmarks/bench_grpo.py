@@ -59,7 +59,7 @@ def bench_srlm(ckpt: Path, steps: int, dtype: str, threads: int, work: Path, g: 
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(grpo.GRPOConfig, None, {
         "out_dir": str(out), "model": str(ckpt), "steps": steps, "batch_size": g, "num_generations": g,
-        "max_new_tokens": new, "beta": 0.0, "num_iterations": 1, "dtype": dtype, "num_threads": threads,
+        "sampling": {"temperature": 1.0, "max_new_tokens": new}, "beta": 0.0, "num_iterations": 1, "dtype": dtype, "num_threads": threads,
         "progress": False, "log_every": 1, "lr": 1e-5, "rewards": {"bench_len": 1.0}, "device": "cpu",
         "task": "synth-gsm"})
     model, tok = grpo.prepare(cfg)

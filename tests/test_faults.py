@@ -285,7 +285,7 @@ def test_grpo_killed_anywhere_resumes_to_the_same_run(tmp_path, tok_dir, monkeyp
         grpo.run(load_config(grpo.GRPOConfig, None, [f"{k}={v}" for k, v in {
             "out_dir": out, "tokenizer": tok_dir, "model": "tiny", "model_overrides": TINY_MODEL,
             "task": "synth-arith", "task_options": "{difficulties: [1]}", "num_prompts": 8, "steps": 6,
-            "batch_size": 4, "num_generations": 2, "max_new_tokens": 8, "num_iterations": 2, "save_every": 3,
+            "batch_size": 4, "num_generations": 2, "sampling.max_new_tokens": 8, "num_iterations": 2, "save_every": 3,
             "keep_last": 2, "rewards": "{parity: 1.0, correct: 1.0}", "dtype": "fp32", "num_threads": 1,
             "progress": "false", "lr": 1e-3, "resume": "auto"}.items()]))
 
@@ -303,7 +303,7 @@ defaults: {{dtype: fp32, batch_size: 4, max_seq_len: 96, log_every: 1, save_ever
 stages:
   - {{name: sft, kind: sft, config: {{steps: 4, lr: 3.0e-3, val_size: 0}}}}
   - {{name: kd, kind: kd, config: {{steps: 2, lr: 1.0e-3, teacher: "@sft", val_size: 0}}}}
-  - {{name: grpo, kind: grpo, config: {{steps: 2, num_generations: 2, max_new_tokens: 6, num_prompts: 4}}}}
+  - {{name: grpo, kind: grpo, config: {{steps: 2, num_generations: 2, sampling: {{max_new_tokens: 6}}, num_prompts: 4}}}}
 """
 
 

@@ -50,7 +50,7 @@ def _study_sets(recipe_name, checkpoints):
             sets += [f"{s['name']}.val_size=0", f"{s['name']}.data_limit=8"]
         if s["kind"] == "grpo":
             sets += [f"{s['name']}.batch_size=4", f"{s['name']}.grad_accum=1", f"{s['name']}.num_generations=2",
-                     f"{s['name']}.max_new_tokens=6", f"{s['name']}.num_prompts=4", f"{s['name']}.save_every=0"]
+                     f"{s['name']}.sampling.max_new_tokens=6", f"{s['name']}.num_prompts=4", f"{s['name']}.save_every=0"]
     return sets
 
 
@@ -75,7 +75,7 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path, mo
     sets = ["eval.n=3", "eval.batch_size=3", "eval.max_new_tokens=4", "defaults.num_threads=1",
             "defaults.max_seq_len=128", "defaults.batch_size=4", "tokenizer.train.examples=200",
             "task_options.n_train=64", "teacher.steps=1", "sft.steps=4", "sft.save_every=2", "sft.keep_last=2", "kd.steps=1",
-            "grpo.steps=1", "grpo.batch_size=4", "grpo.num_generations=2", "grpo.max_new_tokens=4",
+            "grpo.steps=1", "grpo.batch_size=4", "grpo.num_generations=2", "grpo.sampling.max_new_tokens=4",
             "grpo.num_prompts=4"]
     for key in ("teacher", "sft", "kd"):
         sets.append(f"{key}.val_size=0")
@@ -109,7 +109,7 @@ def _tiny_default(*extra):
     sets = ["eval.n=3", "eval.batch_size=3", "eval.max_new_tokens=4", "defaults.num_threads=1",
             "defaults.max_seq_len=128", "defaults.batch_size=4", "tokenizer.train.examples=200",
             "task_options.n_train=64", "teacher.steps=1", "sft.steps=2", "kd.steps=1", "grpo.steps=1",
-            "grpo.batch_size=4", "grpo.num_generations=2", "grpo.max_new_tokens=4", "grpo.num_prompts=4",
+            "grpo.batch_size=4", "grpo.num_generations=2", "grpo.sampling.max_new_tokens=4", "grpo.num_prompts=4",
             "teacher.val_size=0", "sft.val_size=0", "kd.val_size=0", *extra]
     return load_recipe("default", sets)
 

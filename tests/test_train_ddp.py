@@ -78,7 +78,7 @@ def test_grpo_under_two_processes(tmp_path, mode):
     script.write_text(_GRPO_SCRIPT)
     args = {"out_dir": str(out), "tokenizer": str(tok), "model": "tiny", "model_overrides": TINY_MODEL,
             "task": "synth-arith", "task_options": "{difficulties: [1]}", "num_prompts": 16, "steps": 2,
-            "batch_size": 8, "num_generations": 4, "max_new_tokens": 8, "dtype": "fp32", "num_threads": 1,
+            "batch_size": 8, "num_generations": 4, "sampling.max_new_tokens": 8, "dtype": "fp32", "num_threads": 1,
             "progress": "false", "lr": 1e-2, "save_every": 2, "device": "cpu", "num_iterations": 2,
             "rewards": "{parity: 1.0}", "fsdp": str(mode == "fsdp").lower()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
@@ -112,7 +112,7 @@ def test_on_policy_distillation_under_fsdp_matches_ddp(tmp_path):
         args = {"out_dir": str(out), "tokenizer": str(tok_dir), "model": "tiny", "model_overrides": TINY_MODEL,
                 "teacher": str(teacher), "data": "[synth-arith]", "data_options": "{n_train: 32, difficulties: [1]}",
                 "steps": 2, "batch_size": 4, "dtype": "fp32", "num_threads": 1, "progress": "false",
-                "max_seq_len": 128, "on_policy": 1.0, "on_policy_max_new_tokens": 8, "device": "cpu",
+                "max_seq_len": 128, "on_policy": 1.0, "on_policy_sampling.max_new_tokens": 8, "device": "cpu",
                 "fsdp": str(mode == "fsdp").lower()}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                "-m", "srlm.cli", "train", "kd", *[f"{k}={v}" for k, v in args.items()]]

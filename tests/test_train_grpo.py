@@ -21,7 +21,7 @@ def tok_dir(tmp_path_factory):
 def _overrides(out_dir, tok_dir, **extra):
     base = {"out_dir": str(out_dir), "tokenizer": str(tok_dir), "model": "tiny", "model_overrides": TINY_MODEL,
             "task": "synth-arith", "task_options": "{difficulties: [1]}", "num_prompts": 16, "steps": 3,
-            "batch_size": 8, "num_generations": 4, "max_new_tokens": 12, "dtype": "fp32", "num_threads": 1,
+            "batch_size": 8, "num_generations": 4, "sampling.max_new_tokens": 12, "dtype": "fp32", "num_threads": 1,
             "progress": "false", "lr": 1e-3}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -100,8 +100,8 @@ def test_grpo_improves_reward_on_a_trivial_target(tok_dir, tmp_path):
     try:
         out = tmp_path / "learn"
         cfg = load_config(GRPOConfig, None, _overrides(out, tok_dir, rewards="{short: 1.0}", steps=16,
-                                                       max_new_tokens=1, batch_size=16, num_generations=8,
-                                                       lr=3e-2, temperature=1.0, scale_rewards="none"))
+                                                       batch_size=16, num_generations=8, lr=3e-2,
+                                                       scale_rewards="none", **{"sampling": "{temperature: 1.0, max_new_tokens: 1}"}))
         run(cfg)
     finally:
         del grpo_mod.REWARDS["short"]
@@ -155,7 +155,7 @@ def test_update_skips_idle_rows_and_shares_prompts_exactly(tok_dir, tmp_path, lo
         lp, _ = token_logprobs(h, model.lm_head.weight, batch["input_ids"][:, 1:][batch["mask"]])
         logps = torch.zeros(batch["mask"].shape).masked_scatter(batch["mask"], lp)
         loss, _ = grpo_loss(logps, batch["old_logps"], batch["advantages"], batch["mask"], epsilon_low=0.2,
-                            epsilon_high=0.28, loss_type=loss_type, max_len=cfg.max_new_tokens,
+                            epsilon_high=0.28, loss_type=loss_type, max_len=cfg.sampling.max_new_tokens,
                             truncated=batch["truncated"])
         return loss * stage.weight(batch)
 

@@ -77,7 +77,7 @@ def test_self_distillation_is_zero_and_kd_to_a_teacher_falls(tmp_path, tok_dir, 
 
 def test_on_policy_batches_use_student_samples(tmp_path, tok_dir, teacher_dir):
     out = tmp_path / "onp"
-    run(load_config(KDConfig, None, _ov(out, tok_dir, teacher_dir, on_policy=1.0, on_policy_max_new_tokens=8,
+    run(load_config(KDConfig, None, _ov(out, tok_dir, teacher_dir, on_policy=1.0, **{"on_policy_sampling.max_new_tokens": 8},
                                         steps=2)))
     log = [r for r in _log(out) if "kd" in r]
     assert [r["on_policy"] for r in log] == [1.0, 1.0] and all(r["kd"] > 0 for r in log)

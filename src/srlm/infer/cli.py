@@ -8,6 +8,7 @@ The sampling flags (srlm.infer.options, shared with `srlm chat`) map one to one 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -50,7 +51,8 @@ def main(args) -> int:
             "prompt": args.prompt, "prompt_tokens": len(prompt_ids),
             "completions": [{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
                             for c in group],
-            "settings": {k: v for k, v in kw.items() if v is not None} | {"n": args.n, "quantize": args.quantize},
+            "settings": {**dataclasses.asdict(kw["sampling"]), "seed": args.seed, "thinking_budget": args.thinking_budget,
+                         "stop": args.stop, "stop_regex": args.stop_regex, "n": args.n, "quantize": args.quantize},
             "seconds": round(elapsed, 3), "new_tokens": new, "tokens_per_s": round(new / elapsed, 1),
         }, ensure_ascii=False))
         return 0

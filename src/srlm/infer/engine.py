@@ -336,20 +336,22 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams | None = None, n: int = 1,
                  seed: int | None = None, stop_token_ids: Sequence[int] | None = None,
                  stop_strings: Sequence[str] | None = None, return_logprobs: bool = False,
                  thinking_budget: int | None = None,
-                 stop_condition: Callable[[str], bool] | str | re.Pattern | None = None) -> list[list[Completion]]:
+                 stop_condition: Callable[[str], bool] | str | re.Pattern | None = None,
+                 **overrides) -> list[list[Completion]]:
         """`n` completions for each prompt (token-id lists); returns one list of `Completion` per prompt.
 
+        sampling: how to draw (`SamplingParams`: temperature, top-k/p, min-p, repetition penalty,
+        max_new_tokens); `overrides` change its fields for this call (e.g. temperature=0).
         stop_token_ids: None = `self.stop_token_ids`; [] = never stop on an id.
         stop_condition: a callable on the text so far, or a regex (e.g. r"The answer is -?\\d+\\.")
         that ends the row as soon as it matches.
         """
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repetition_penalty=repetition_penalty)
+        params = (sampling or SamplingParams()).replace(**overrides)
+        max_new_tokens = params.max_new_tokens
         self._validate(n, max_new_tokens, thinking_budget, stop_strings, stop_condition)
         prompts = self._check_prompts(prompts)
         stop_ids = self.stop_token_ids if stop_token_ids is None else [int(i) for i in stop_token_ids]
@@ -411,11 +413,11 @@ class Engine:
         return self.generate(ids, **kwargs)
 
     @torch.inference_mode()
-    def stream(self, prompt: list[int] | str | list[dict], max_new_tokens: int = 256, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+    def stream(self, prompt: list[int] | str | list[dict], sampling: SamplingParams | None = None,
                seed: int | None = None, stop_token_ids: Sequence[int] | None = None,
                stop_strings: Sequence[str] | None = None, thinking_budget: int | None = None,
-               stop_condition=None, chat: bool | None = None, skip_special_tokens: bool = False) -> Iterator[str]:
+               stop_condition=None, chat: bool | None = None, skip_special_tokens: bool = False,
+               **overrides) -> Iterator[str]:
         """Text deltas of one completion as they are generated; "".join(...) is the completion's text.
 
         The final stop id is not shown; a stop string ends the stream before it (text held back
@@ -423,8 +425,8 @@ class Engine:
         """
         if self.tokenizer is None:
             raise SrlmError("streaming text needs a tokenizer: this checkpoint has no tokenizer.json")
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repetition_penalty=repetition_penalty)
+        params = (sampling or SamplingParams()).replace(**overrides)
+        max_new_tokens = params.max_new_tokens
         self._validate(1, max_new_tokens, thinking_budget, stop_strings, stop_condition)
         token_ids = isinstance(prompt, (list, tuple)) and not any(isinstance(m, dict) for m in prompt)
         ids = list(prompt) if token_ids else self.encode_prompt(prompt, chat)

@@ -57,15 +57,18 @@ def text_argument(value: str | None, flag: str) -> str | None:
 
 
 def sampling_kwargs(args, n: int = 1) -> dict:
+    """`Engine.generate` / `stream` keywords from the flags: one `SamplingParams` and the stop controls."""
     for s in args.stop or []:
         text_argument(s, "--stop")
         if not s:
             raise SrlmError("--stop '': an empty stop string matches at once, so every completion would be empty; "
                             "give the text to stop at")
+    from srlm.infer.sampling import SamplingParams
+
     temperature = args.temperature if args.temperature is not None else (0.8 if n > 1 else 0.0)
-    return dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k or None,
-                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                thinking_budget=args.thinking_budget, stop_strings=args.stop,
+    sampling = SamplingParams(temperature=temperature, top_k=args.top_k or None, top_p=args.top_p, min_p=args.min_p,
+                              repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
+    return dict(sampling=sampling, seed=args.seed, thinking_budget=args.thinking_budget, stop_strings=args.stop,
                 stop_condition=_compile_regex(args.stop_regex))
 
 

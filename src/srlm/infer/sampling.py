@@ -15,6 +15,7 @@ noise given by the caller, who owns the generators (one per seeded request).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,8 @@ class SamplingParams:
     #: CTRL-style (arXiv 1909.05858): logits of tokens already in prompt or output are divided
     #: by the penalty when positive, multiplied when negative (1.0 = off), as transformers does
     repetition_penalty: float = 1.0
+    #: new tokens at most per completion
+    max_new_tokens: int = 256
 
     def __post_init__(self):
         def bad(name, msg):
@@ -50,6 +53,12 @@ class SamplingParams:
             bad("min_p", "must be in [0, 1) (0 = off)")
         if not isinstance(self.repetition_penalty, (int, float)) or not (self.repetition_penalty > 0):
             bad("repetition_penalty", "must be > 0 (1 = off)")
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
+            bad("max_new_tokens", "must be a positive integer")
+
+    def replace(self, **changes) -> "SamplingParams":
+        """A copy with `changes` (checked like the original)."""
+        return dataclasses.replace(self, **changes) if changes else self
 
     @property
     def greedy(self) -> bool:

@@ -169,7 +169,17 @@ def _where(dotted: str, source: str, lines: dict[str, int], origins: dict[str, s
     return f"{source}:{lines[dotted]}" if dotted in lines else source
 
 
-def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = "", origins: dict[str, str] | None = None):
+def _field_default(cls, name: str):
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = "", origins: dict[str, str] | None = None,
+           base=None):
+    """`cls` from `data`; a nested block starts from its field's default (`base`), so a YAML that sets one
+    of its keys keeps the stage's defaults for the others."""
     origins = origins or {}
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -178,17 +188,27 @@ def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = ""
         dotted = f"{prefix}{key}"
         where = _where(dotted, source, lines, origins)
         if key not in names:
-            hint = did_you_mean(key, names, prefix=prefix, cutoff=0.5)
+            nested = [n for n in names if dataclasses.is_dataclass(_strip_optional(hints[n])[0])
+                      and key in {f.name for f in dataclasses.fields(_strip_optional(hints[n])[0])}]
+            hint = (f" Did you mean {prefix}{nested[0]}.{key}?" if nested else
+                    did_you_mean(key, names, prefix=prefix, cutoff=0.5))
             raise SrlmError(f"{where}: unknown {cls.__name__} key {dotted!r}.{hint} "
                             f"Known keys: {', '.join(prefix + n for n in names)}")
         tp = hints[key]
         inner, _ = _strip_optional(tp)
         if dataclasses.is_dataclass(inner) and isinstance(value, dict):
-            kwargs[key] = _build(inner, value, source, lines, prefix=f"{dotted}.", origins=origins)
+            default = _field_default(cls, key)
+            try:
+                kwargs[key] = _build(inner, value, source, lines, prefix=f"{dotted}.", origins=origins,
+                                     base=default if isinstance(default, inner) else None)
+            except SrlmError as e:
+                msg = str(e)
+                inner_where = _where(f"{dotted}.{next(iter(value), '')}", source, lines, origins)
+                raise SrlmError(msg if msg.startswith(source) else f"{inner_where}: {dotted}: {msg}") from None
         else:
             kwargs[key] = _coerce(value, tp, f"{where}: {dotted}")
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except SrlmError:
         raise
     except (TypeError, ValueError) as e:

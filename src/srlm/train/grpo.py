@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from srlm.errors import SrlmError
+from srlm.infer.sampling import SamplingParams
 from srlm.train.config import TrainConfig
 from srlm.train.lora import LoRAConfig
 from srlm.train.distributed import SamplingPolicy, world_and_rank
@@ -57,11 +58,9 @@ class GRPOConfig(TrainConfig):
     system: str | None = None
     #: completions per prompt (the group size G)
     num_generations: int = 8
-    max_new_tokens: int = 256
-    #: sampling temperature; the loss's log-probs use the same temperature
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
+    #: how rollouts are sampled: {temperature, top_p, top_k, min_p, max_new_tokens}; the loss's log-probs
+    #: read the temperature from this same object
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=1.0, max_new_tokens=256))
     #: reward name -> weight; names: correct (the task's verifier), format (<think>...</think> then the answer)
     rewards: dict = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
     #: seconds a verifier may take before its completion scores 0 (0: no limit)
@@ -180,9 +179,8 @@ class GRPOStage(Stage):
         n_gen, gen_rank = (1, 0) if cfg.fsdp else (world, rank)
         mine = idx[gen_rank::n_gen]
         policy = self.sampling_policy(model)
-        groups = sample(policy, self.tokenizer, [self.prompt_ids[i] for i in mine], n=G,
-                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        top_k=cfg.top_k, seed=(cfg.seed * 100_003 + rollout) * n_gen + gen_rank)
+        groups = sample(policy, self.tokenizer, [self.prompt_ids[i] for i in mine], sampling=cfg.sampling, n=G,
+                        seed=(cfg.seed * 100_003 + rollout) * n_gen + gen_rank)
         if n_gen > 1:
             shares = [None] * n_gen
             dist.all_gather_object(shares, groups)
@@ -272,7 +270,7 @@ class GRPOStage(Stage):
         without prompt lengths (a buffer from an older checkpoint), under gradient checkpointing, and
         under FSDP (whose per-layer collectives need the same number of layer calls on every rank).
         """
-        w, temp = model.lm_head.weight, self.config.temperature
+        w, temp = model.lm_head.weight, self.config.sampling.temperature
         if prompt_len is None or self.config.fsdp or (model.model.gradient_checkpointing and model.training):
             h = model.hidden_states(ids)[:, :-1][mask]
             return token_logprobs(h, w, ids[:, 1:][mask], temp)
@@ -322,7 +320,7 @@ class GRPOStage(Stage):
         mask = batch["mask"]
         if cfg.mask_truncated_completions:
             mask = mask & ~batch["truncated"][:, None]
-        return float(LOSS_TYPES[cfg.loss_type].units(mask.float(), cfg.max_new_tokens))
+        return float(LOSS_TYPES[cfg.loss_type].units(mask.float(), cfg.sampling.max_new_tokens))
 
     def weight(self, batch) -> float:
         return self._units(batch)
@@ -363,7 +361,7 @@ class GRPOStage(Stage):
         eps_hi = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
         loss, stats = grpo_loss(logps, old, batch["advantages"], mask, ref_logps=ref, beta=cfg.beta,
                                 epsilon_low=cfg.epsilon, epsilon_high=eps_hi, loss_type=cfg.loss_type,
-                                max_len=cfg.max_new_tokens,
+                                max_len=cfg.sampling.max_new_tokens,
                                 truncated=batch["truncated"] if cfg.mask_truncated_completions else None)
         stats = {**self.buffer["stats"], **stats, "entropy": float(ent.mean()) if ent.numel() else 0.0,
                  "time_optimize_s": self._last_opt_s}

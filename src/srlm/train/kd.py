@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 
 from srlm.data.io import write_text_atomic
 from srlm.errors import SrlmError
+from srlm.infer.sampling import SamplingParams
 from srlm.model.transformer import chunked_cross_entropy
 from srlm.train.losses import DISTILL_KINDS, distill_loss
 from srlm.train.sft import SFTConfig, SFTStage, prepare, recipe_config  # noqa: F401 (recipe_config: KD's too)
@@ -56,16 +57,17 @@ class KDConfig(SFTConfig):
     kd_ratio: float = 0.5
     #: fraction of micro-batches whose divergence is taken on the student's own samples (GKD's lambda)
     on_policy: float = 0.0
-    #: sampling temperature and length of on-policy samples
-    on_policy_temperature: float = 1.0
-    on_policy_max_new_tokens: int = 256
+    #: how the student's on-policy samples are drawn ({temperature, max_new_tokens, top_p, ...})
+    on_policy_sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=1.0,
+                                                                                     max_new_tokens=256))
     # ---- sequence-level
     #: teacher samples per prompt
     samples_per_prompt: int = 4
     #: keep at most this many distinct correct samples per prompt
     keep_per_prompt: int = 1
-    sample_temperature: float = 0.8
-    sample_max_new_tokens: int = 256
+    #: how the teacher's samples are drawn
+    teacher_sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.8,
+                                                                                   max_new_tokens=256))
     #: prompts per generation call
     sample_batch: int = 16
     #: where the verified teacher samples go (default OUT_DIR/kd_data.jsonl); reused when the file exists
@@ -125,8 +127,8 @@ def generate_verified(config: KDConfig, teacher, tokenizer) -> tuple[list[list[d
         for s in range(0, len(examples), config.sample_batch):
             part = examples[s:s + config.sample_batch]
             prompts = [tokenizer.apply_chat_template(_user(ex, config), add_generation_prompt=True) for ex in part]
-            groups = engine.generate(prompts, n=config.samples_per_prompt, max_new_tokens=config.sample_max_new_tokens,
-                                     temperature=config.sample_temperature, seed=config.seed * 7919 + s)
+            groups = engine.generate(prompts, sampling=config.teacher_sampling, n=config.samples_per_prompt,
+                                     seed=config.seed * 7919 + s)
             for ex, group in zip(part, groups):
                 n_prompts += 1
                 kept: list[str] = []
@@ -216,8 +218,7 @@ class KDStage(SFTStage):
         ids, labels = batch["input_ids"], batch["labels"]
         starts = (labels != -100).int().argmax(1).tolist()  # first assistant token = end of the prompt
         prompts = [ids[r, :s].tolist() for r, s in enumerate(starts)]
-        groups = sample(self.sampling_policy(model), self.tokenizer, prompts, n=1,
-                        max_new_tokens=cfg.on_policy_max_new_tokens, temperature=cfg.on_policy_temperature,
+        groups = sample(self.sampling_policy(model), self.tokenizer, prompts, sampling=cfg.on_policy_sampling, n=1,
                         seed=cfg.seed * 104729 + int(batch["index"]))
         return pad_rows(prompts, [g[0].token_ids for g in groups], self.pad_id, device=ids.device)
 
