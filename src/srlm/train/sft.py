@@ -81,8 +81,16 @@ def tokenized_source(tokenizer, source: str, config: SFTConfig) -> list[tuple[li
                                    limit=config.data_limit)
         while len(_TOKENIZED) >= _TOKENIZED_KEEP:
             _TOKENIZED.pop(next(iter(_TOKENIZED)))
-        _TOKENIZED[key] = [tokenize_conversation(tokenizer, msgs, where=f"{source} #{k}")
-                           for k, msgs in enumerate(convs)]
+        from srlm.progress import Progress
+        from srlm.train.distributed import is_main
+
+        out = []
+        with Progress(len(convs), desc=f"{Path(config.out_dir).name}: tokenizing {source}", unit="conv",
+                      enabled=config.progress and is_main() and len(convs) >= 1000, every=max(1, len(convs) // 4)) as bar:
+            for k, msgs in enumerate(convs):
+                out.append(tokenize_conversation(tokenizer, msgs, where=f"{source} #{k}"))
+                bar.update(1)
+        _TOKENIZED[key] = out
     return _TOKENIZED[key]
 
 
