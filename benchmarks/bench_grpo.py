@@ -115,7 +115,7 @@ def main() -> None:
     p.add_argument("--shape", choices=list(SHAPES), default="tiny")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from srlm.infer.bench import cpu_info
+    from srlm.machine import cpu_info
 
     _, g, new = SHAPES[args.shape]
     print(f"{cpu_info()}, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from srlm.errors import SrlmError
+from srlm.machine import cpu_info
 
 
 def add_arguments(p) -> None:
@@ -118,24 +119,6 @@ class _Srlm:
     def run(self, prompts, new_tokens: int) -> int:
         out = self.engine.generate(prompts, max_new_tokens=new_tokens, temperature=0, stop_token_ids=[])
         return sum(len(g[0].token_ids) for g in out)
-
-
-def cpu_info() -> dict:
-    """The CPU's model name and the vector / matrix flags that decide which kernels run."""
-    name, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name is None:
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:  # not Linux
-        import platform
-
-        name = platform.processor() or platform.machine()
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    return {"cpu": name, "flags": [f for f in wanted if f in flags]}
 
 
 def machine_limits(dtype) -> dict:

@@ -35,7 +35,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import time
@@ -413,16 +412,14 @@ class Runner:
             rec["wall_s"] = rec.get("train_s", 0.0) + rec.get("eval_s", 0.0)
             self.log(self._summary_line(rec))
             stages_out.append(rec)
+        from srlm.machine import describe
         from srlm.recipes.report import write_report
-
-        import torch
 
         summary = {
             "recipe": self.recipe.get("name"), "description": self.recipe.get("description"),
             "task": self.task_name, "task_options": self.task_options, "eval": self.eval_cfg,
             "setup_s": setup_s, "stages": stages_out, "final": str(current),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-                       f"{torch.__version__}, {torch.get_num_threads()} threads",
+            "machine": describe(),
             "this_run_wall_s": time.perf_counter() - t_all,
             "next": f"Chat with the result: `srlm chat {current}`",
         }
