@@ -1,6 +1,6 @@
 """Inference benchmark: srlm's engine against transformers' generate, in one run, alternating.
 
-A thin wrapper over `srlm bench` (src/srlm/infer/bench.py), which documents every figure.
+A thin wrapper over `srlm bench` (src/srlm/commands/bench.py), which documents every figure.
 The figures in the README came from:
 
     python benchmarks/bench_infer.py --preset qwen2.5-0.5b --random-init --compare hf --quantize int8

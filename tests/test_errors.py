@@ -11,7 +11,7 @@ import torch
 from srlm.cli import main as srlm_main
 from srlm.data.tasks import get_task
 from srlm.errors import SrlmError
-from srlm.eval import cli as eval_cli
+from srlm.commands import eval as eval_cli
 from srlm.eval import run as eval_run
 from srlm.eval.score import score
 from srlm.model import CausalLM, load_model, preset, save

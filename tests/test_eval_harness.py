@@ -11,7 +11,7 @@ import pytest
 import srlm
 from srlm.data.tasks import SAMPLERS, get_task
 from srlm.errors import SrlmError
-from srlm.eval import cli
+from srlm.commands import eval as cli
 from srlm.eval import run as eval_run
 from srlm.eval.harness import Backend, evaluate
 

@@ -309,7 +309,8 @@ stages:
 
 def test_srlm_run_killed_anywhere_resumes_to_the_same_results(tmp_path, tok_dir, monkeypatch):
     import srlm.recipes.report
-    from srlm.recipes.runner import Runner, load_recipe
+    from srlm.recipes.recipe import load_recipe
+    from srlm.recipes.runner import Runner
 
     # drawing the PNG plots is most of a short run's time and writes nothing a later run reads
     monkeypatch.setattr(srlm.recipes.report, "_plots", lambda *a, **k: [])
@@ -582,7 +583,7 @@ def test_eval_on_a_read_only_checkpoint_checks_first_and_writes_elsewhere(tmp_pa
                                                                              capsys):
     import argparse
 
-    from srlm.eval import cli as eval_cli
+    from srlm.commands import eval as eval_cli
     from srlm.eval import run as eval_run
 
     tok = Tokenizer.from_dir(tok_dir)

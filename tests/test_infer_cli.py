@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from srlm.cli import main as srlm_main
-from srlm.infer.chat import ThinkingPrinter
+from srlm.commands.chat import ThinkingPrinter
 from srlm.model import CausalLM, preset, save
 from srlm.tokenizer import train_bpe
 

@@ -7,7 +7,8 @@ import pytest
 from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, pre_tokenizers, processors, trainers
 
 from srlm.errors import SrlmError
-from srlm.tokenizer import StreamDecoder, Tokenizer, add_arguments, main, train_bpe
+from srlm.commands.tokenizer import add_arguments, main
+from srlm.tokenizer import StreamDecoder, Tokenizer, train_bpe
 
 # Qwen2.5-Instruct's published template (tokenizer_config.json "chat_template").
 QWEN25_TEMPLATE = (

@@ -1,8 +1,9 @@
 """The `srlm` command line: one verb per room, all over the same checkpoint folder.
 
-Each verb lives in the module that owns it; a module exposes
-`add_arguments(parser)` and `main(args) -> int`. Modules are imported lazily so
-`srlm --help` stays fast and a verb's heavy imports cost only that verb.
+Each verb is a thin command module in `srlm.commands` that exposes `add_arguments(parser)` and
+`main(args) -> int`: it parses the verb's flags and calls the typed library functions of the rooms
+below (the runner, `srlm.eval.evaluate`, `srlm.infer.load_engine`, ...), which never import it.
+Modules are imported lazily so `srlm --help` stays fast and a verb's heavy imports cost only that verb.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from srlm.errors import SrlmError
 
 # verb -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("srlm.recipes.runner", "run a recipe (default: the built-in tiny pipeline) and write a report"),
-    "train": ("srlm.train.cli", "train one stage: pretrain | sft | kd | grpo"),
-    "eval": ("srlm.eval.cli", "evaluate a checkpoint on tasks"),
-    "score": ("srlm.eval.score", "score predictions made elsewhere with the official metrics"),
-    "generate": ("srlm.infer.cli", "generate text from a checkpoint"),
-    "chat": ("srlm.infer.chat", "interactive chat in the terminal"),
-    "bench": ("srlm.infer.bench", "benchmark prefill and decode speed and memory"),
-    "serve": ("srlm.serve.cli", "serve a checkpoint over an OpenAI-compatible API, with a chat page"),
-    "info": ("srlm.model.info", "describe a checkpoint: architecture, size, memory"),
-    "tokenizer": ("srlm.tokenizer", "train a byte-level BPE tokenizer from text files"),
+    "run": ("srlm.commands.run", "run a recipe (default: the built-in tiny pipeline) and write a report"),
+    "train": ("srlm.commands.train", "train one stage: pretrain | sft | kd | grpo"),
+    "eval": ("srlm.commands.eval", "evaluate a checkpoint on tasks"),
+    "score": ("srlm.commands.score", "score predictions made elsewhere with the official metrics"),
+    "generate": ("srlm.commands.generate", "generate text from a checkpoint"),
+    "chat": ("srlm.commands.chat", "interactive chat in the terminal"),
+    "bench": ("srlm.commands.bench", "benchmark prefill and decode speed and memory"),
+    "serve": ("srlm.commands.serve", "serve a checkpoint over an OpenAI-compatible API, with a chat page"),
+    "info": ("srlm.commands.info", "describe a checkpoint: architecture, size, memory"),
+    "tokenizer": ("srlm.commands.tokenizer", "train a byte-level BPE tokenizer from text files"),
 }
 
 

@@ -6,9 +6,12 @@ Stages subclass `Stage` and override `batches` and `loss`; the other methods hav
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Iterator, Protocol
 
 import torch
+
+from srlm.errors import SrlmError
 
 
 class Stage(Protocol):
@@ -44,3 +47,13 @@ class Stage(Protocol):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
+
+
+def stage_module(stage: str):
+    """The module of a stage kind (`srlm.train.sft`, ...): its `Config`, `run(config)` and recipe hooks."""
+    try:
+        return importlib.import_module(f"srlm.train.{stage}")
+    except ModuleNotFoundError as e:
+        if e.name == f"srlm.train.{stage}":
+            raise SrlmError(f"stage {stage!r} is not available in this build of srlm") from None
+        raise

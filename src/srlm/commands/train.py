@@ -10,10 +10,10 @@ command trains with DDP (or FSDP2 with `fsdp=true`). With `eval_tasks` set, the 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 
 from srlm.errors import SrlmError
+from srlm.train.stage import stage_module
 
 STAGES = ("pretrain", "sft", "kd", "grpo")
 
@@ -25,15 +25,6 @@ def add_arguments(parser) -> None:
     # REMAINDER, so --resume / --config may also come after the overrides (picked out in main)
     parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
                         help="config overrides, e.g. lr=3e-4 lora.rank=8")
-
-
-def stage_module(stage: str):
-    try:
-        return importlib.import_module(f"srlm.train.{stage}")
-    except ModuleNotFoundError as e:
-        if e.name == f"srlm.train.{stage}":
-            raise SrlmError(f"stage {stage!r} is not available in this build of srlm") from None
-        raise
 
 
 def make_evaluate(config):
