@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("srlm.infer.chat", "interactive chat in the terminal"),
     "bench": ("srlm.infer.bench", "benchmark prefill and decode speed and memory"),
     "info": ("srlm.model.info", "describe a checkpoint: architecture, size, memory"),
+    "convert": ("srlm.model.convert", "convert a GGUF file into a Hugging Face checkpoint folder"),
+    "export": ("srlm.model.export", "export a checkpoint as GGUF for llama.cpp / Ollama"),
     "tokenizer": ("srlm.tokenizer", "train a byte-level BPE tokenizer from text files"),
 }
 

@@ -23,7 +23,8 @@ from srlm.errors import SrlmError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="checkpoint folder (or anything the inference backend accepts)")
+    p.add_argument("path", help="checkpoint folder, .gguf file or Hugging Face Hub id (ORG/NAME)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     p.add_argument("--task", required=True, help="task name(s), comma-separated; 'glue' = all GLUE tasks found in --data")
     p.add_argument("--data", action="append", default=[], metavar="[NAME=]FILE_OR_DIR",
                    help="local data in the official format; NAME=PATH for one task (repeatable)")
@@ -54,7 +55,7 @@ def make_backend(path: str, args: argparse.Namespace):
             raise SrlmError("the inference backend (srlm.infer.backend) is not available in this install") from None
         raise
     return EngineBackend.from_checkpoint(path, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                                         seed=args.seed)
+                                         seed=args.seed, revision=getattr(args, "revision", None))
 
 
 def parse_data(values: list[str]) -> tuple[str | None, dict[str, str]]:

@@ -16,7 +16,9 @@ from srlm.errors import SrlmError
 
 
 def add_model_arguments(p) -> None:
-    p.add_argument("path", help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("path", help="checkpoint folder (config.json, *.safetensors, tokenizer.json), .gguf file, "
+                                "or Hugging Face Hub id (ORG/NAME)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8 weight-only Linear layers (per-output-channel scales), applied at load")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: as saved; bfloat16 with --quantize)")
@@ -69,7 +71,8 @@ def load_engine(args):
         if args.threads < 1:
             raise SrlmError(f"--threads {args.threads}: give a positive number of threads")
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_for_inference(args.path, dtype=args.dtype, quantize=args.quantize)
+    model, tokenizer = load_for_inference(args.path, dtype=args.dtype, quantize=args.quantize,
+                                          revision=getattr(args, "revision", None))
     if tokenizer is None:
         raise SrlmError(f"{args.path}: no tokenizer.json, so text prompts cannot be encoded; "
                         f"save the checkpoint with its tokenizer")
