@@ -66,17 +66,18 @@ _HF_TO_GGUF_GLOBAL = {v: k for k, v in _GLOBAL_NAMES.items()}
 
 # -- pre-tokenizers ---------------------------------------------------------------------------
 # The splits llama.cpp implements (src/llama-vocab.cpp), as tokenizer.json writes them, keyed by the
-# canonical `tokenizer.ggml.pre` name. `nfc`: the original HF tokenizer normalizes to NFC first
-# (llama.cpp does not normalize); `ignore_merges`: a whole pre-token found in the vocabulary is used
-# as is (llama.cpp sets it for these names, HF's BPE has the same flag).
+# canonical `tokenizer.ggml.pre` name. `ignore_merges`: a whole pre-token found in the vocabulary is
+# used as is (llama.cpp sets it for these names; HF's BPE has the same flag). llama.cpp normalizes
+# nothing, so an imported tokenizer has no normalizer (Qwen2's tokenizer.json has NFC: llama.cpp, and
+# srlm reading its GGUF, differ from it only on text that is not NFC already).
 LLAMA3_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
-    "qwen2": {"steps": (("split", QWEN2_SPLIT_REGEX), ("bytelevel", False)), "nfc": True, "ignore_merges": False},
-    "llama-bpe": {"steps": (("split", LLAMA3_SPLIT_REGEX), ("bytelevel", False)), "nfc": False, "ignore_merges": True},
-    "smollm": {"steps": (("digits", True), ("bytelevel", True)), "nfc": False, "ignore_merges": False},
-    "gpt-2": {"steps": (("bytelevel", True),), "nfc": False, "ignore_merges": False},
+    "qwen2": {"steps": (("split", QWEN2_SPLIT_REGEX), ("bytelevel", False)), "ignore_merges": False},
+    "llama-bpe": {"steps": (("split", LLAMA3_SPLIT_REGEX), ("bytelevel", False)), "ignore_merges": True},
+    "smollm": {"steps": (("digits", True), ("bytelevel", True)), "ignore_merges": False},
+    "gpt-2": {"steps": (("bytelevel", True),), "ignore_merges": False},
 }
 # other names llama.cpp gives the same split and flags
 _PRE_ALIASES = {
@@ -316,7 +317,7 @@ def _build_pre_tokenizer(steps):
 
 def tokenizer_from_metadata(meta: dict, source: str) -> Tokenizer:
     """Rebuild a byte-level BPE `Tokenizer` (with specials and chat template) from GGUF metadata."""
-    from tokenizers import AddedToken, decoders, models, normalizers, processors
+    from tokenizers import AddedToken, decoders, models, processors
     from tokenizers import Tokenizer as Backend
 
     kind = meta.get("tokenizer.ggml.model")
@@ -348,8 +349,6 @@ def tokenizer_from_metadata(meta: dict, source: str) -> Tokenizer:
     except Exception as e:  # tokenizers raises a bare Exception for merges outside the vocabulary
         raise SrlmError(f"{source}: tokenizer.ggml.merges do not fit tokenizer.ggml.tokens ({e})") from None
     backend = Backend(model)
-    if spec["nfc"]:
-        backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = _build_pre_tokenizer(spec["steps"])
     backend.decoder = decoders.ByteLevel()
     for i, tok, special in added:
@@ -493,16 +492,32 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
 
 def export(model, tokenizer: Tokenizer | None, path: str | Path, qtype: str = "f16", name: str | None = None) -> Path:
     """Write `model` (with its tokenizer) as a GGUF llama.cpp loads; atomically (a temporary file, then a rename)."""
-    import gguf
     from gguf import GGMLQuantizationType as Q, LlamaFileType as F
 
     types = {"f32": (Q.F32, F.ALL_F32), "f16": (Q.F16, F.MOSTLY_F16), "bf16": (Q.BF16, F.MOSTLY_BF16),
              "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0), "q4_0": (Q.Q4_0, F.MOSTLY_Q4_0)}
     if qtype not in types:
         raise SrlmError(f"--type {qtype!r}: choose one of {', '.join(EXPORT_TYPES)}")
+    qt, file_type = types[qtype]
+
+    def encode(tname: str, arr: np.ndarray):
+        from gguf.quants import quantize
+
+        t = _quant_type(tname, arr.shape, qt)
+        return quantize(np.ascontiguousarray(arr, dtype=np.float32), t), t
+
+    return write(model, tokenizer, path, encode, int(file_type), name=name)
+
+
+def write(model, tokenizer: Tokenizer | None, path: str | Path, encode, file_type: int, name: str | None = None
+          ) -> Path:
+    """`export` with the tensor encoding given: `encode(gguf_name, float32 array) -> (data, GGMLQuantizationType)`
+    (data as `gguf.quants.quantize` returns it). Atomic: a temporary file, then a rename."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
     if tokenizer is None:
         raise SrlmError("a GGUF carries its tokenizer: the checkpoint needs tokenizer.json to be exported")
-    qt, file_type = types[qtype]
     config: ModelConfig = model.config
     arch = config.model_type
     if config.mlp_bias:
@@ -516,7 +531,7 @@ def export(model, tokenizer: Tokenizer | None, path: str | Path, qtype: str = "f
     try:
         w.add_type("model")
         w.add_name(name or path.stem)
-        w.add_file_type(int(file_type))
+        w.add_file_type(file_type)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         w.add_vocab_size(config.vocab_size)
         w.add_context_length(config.max_position_embeddings)
@@ -555,8 +570,7 @@ def export(model, tokenizer: Tokenizer | None, path: str | Path, qtype: str = "f
         if config.rope_type == "llama3":
             tensors["rope_freqs.weight"] = _llama3_rope_factors(config.rope_theta, config.head_dim, config.rope_scaling)
         for tname, arr in tensors.items():
-            t = _quant_type(tname, arr.shape, qt)
-            data = gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), t)
+            data, t = encode(tname, arr)
             w.add_tensor(tname, data, raw_dtype=t if t not in (Q.F32, Q.F16) else None)
         w.write_header_to_file()
         w.write_kv_data_to_file()
