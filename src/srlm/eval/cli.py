@@ -7,7 +7,8 @@ GLUE task whose files are under `--data`. `--data` is one file or folder for all
 or `NAME=PATH` (repeatable) per task. Few-shot examples come from the task's train
 split when `--data` has one, else from the evaluated examples (never the example itself).
 The model is reached only through `make_backend`, which wraps the inference engine in
-the harness's `Backend` protocol (srlm.infer.backend.EngineBackend, imported lazily).
+the harness's `Backend` protocol (srlm.infer.backend.EngineBackend, imported lazily), or with
+`--backend llama.cpp` runs a GGUF in llama.cpp (srlm.infer.llama_cpp.LlamaCppBackend).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0 = greedy; 0.8 with --samples > 1)")
     p.add_argument("--scoring", choices=["auto", "generate", "loglik"], default="auto",
                    help="auto: the task's kind; generate: score GLUE by generated label words (fine-tuned models)")
+    p.add_argument("--backend", choices=["srlm", "llama.cpp"], default="srlm",
+                   help="run the model in srlm's engine, or a .gguf in llama.cpp (needs llama-cpp-python)")
     p.add_argument("--device", default=None, help="device for the model (default: the backend's choice)")
     p.add_argument("--dtype", default=None, help="model dtype (default: the backend's choice)")
     p.add_argument("--quantize", default=None, help="weight quantization for inference, if the backend supports it")
@@ -48,6 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def make_backend(path: str, args: argparse.Namespace):
     """The model behind the harness's Backend protocol; the only place eval touches the model."""
+    if getattr(args, "backend", "srlm") == "llama.cpp":
+        from srlm.infer.llama_cpp import LlamaCppBackend
+        from srlm.model.hub import resolve
+
+        for flag in ("device", "dtype", "quantize"):
+            if getattr(args, flag, None) is not None:
+                raise SrlmError(f"--{flag} applies to srlm's engine; llama.cpp runs the GGUF as it is")
+        return LlamaCppBackend(resolve(path, getattr(args, "revision", None)), seed=args.seed)
     try:
         from srlm.infer.backend import EngineBackend
     except ModuleNotFoundError as e:
