@@ -21,6 +21,7 @@ from srlm.data.synthetic import corpus_lines
 from srlm.infer.engine import Engine
 from srlm.model import gguf as G
 
+from _gguf_fixtures import tiny
 from _real_model import smollm2_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (.ci/install-llama-cpp)")
@@ -140,6 +141,18 @@ def test_eval_through_llama_cpp_scores_what_srlm_scores(trained, tmp_path, capsy
               f"(q8_0 output identical to srlm's on {same:.0%})")
     record_property("q8_0_accuracy", acc_q8)
     record_property("srlm_accuracy", acc_srlm)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+def test_other_architectures_generate_srlm_tokens(trained, model_type, tmp_path):
+    """The trained checkpoint is qwen2 and SmolLM2 is llama; random llama (with attention biases) and qwen3
+    (q/k norms, head_dim 32 != hidden/heads) models check the rest of the metadata and tensor names."""
+    _, tok = srlm.load(trained[0])
+    extra = {"attention_bias": True} if model_type == "llama" else {"head_dim": 32}
+    model = tiny(model_type, tok, pad_rows=0, **extra)
+    path = G.export(model, tok, tmp_path / f"{model_type}.gguf", "f32")
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 7 + 5?"}], add_generation_prompt=True)
+    assert _lc_greedy(_lc(path), ids, 24) == _our_greedy(model, tok, ids, 24)
 
 
 # --------------------------------------------------------------------- SmolLM2-135M-Instruct

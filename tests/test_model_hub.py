@@ -136,3 +136,21 @@ def test_cli_verbs_and_training_take_hub_ids(hub, tmp_path, capsys):
     expect, _ = srlm.load(tmp_path / "ck1")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expect.state_dict().values()))
     assert tok is not None and tok.eos_token_id == expect.config.eos_token_id
+
+
+def test_a_gguf_file_in_a_hub_repository(hub, tmp_path):
+    from srlm.model.gguf import export
+
+    torch.manual_seed(0)
+    tok = train_bpe(["the cat sat on the mat 12 + 30 = 42"] * 20, 300)
+    model = CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    path = export(model, tok, tmp_path / "m-f32.gguf", "f32")
+    _lay_out(hub, "org/tiny-GGUF", COMMIT_A, {"m-f32.gguf": path.read_bytes(), "README.md": b"# tiny"})
+    loaded, loaded_tok = srlm.load("org/tiny-GGUF/m-f32.gguf")
+    ids = torch.tensor([tok.encode("the cat")])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    assert loaded_tok.encode("the mat 12") == tok.encode("the mat 12")
+    with pytest.raises(SrlmError, match="org/tiny-GGUF/other.gguf.*HF_HUB_OFFLINE"):
+        srlm.load("org/tiny-GGUF/other.gguf")

@@ -144,3 +144,12 @@ def test_grpo_with_lora_changes_the_adapter(gguf_path, tmp_path):
     # LoRA's B starts at zero: any nonzero B means a step moved the adapter
     moved = max(float(v.abs().max()) for k, v in adapter.items() if "lora_B" in k)
     assert moved > 0, logs
+
+
+def test_bench_takes_the_gguf_and_compares_with_transformers(gguf_path, capsys):
+    args = ["bench", str(gguf_path), "--compare", "hf", "--prompt-len", "8", "--new-tokens", "4", "--prefill-len", "16",
+            "--batch", "1", "--rounds", "1"]
+    assert cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["params"] == 134_515_008 and result["dtype"] == "float32" and result["hf"]["dtype"] == "float32"
+    assert result["ratios_vs_hf"]["srlm"]["decode_b1"] > 0

@@ -54,8 +54,9 @@ STAGE_KEYS = {"name", "kind", "config", "from", "model", "chain", "evaluate"}
 
 
 def builtin_recipes() -> list[str]:
+    """Recipe names beside this file (a recipe has `stages:`; the other YAMLs are single-stage configs)."""
     return sorted(p.name[:-5] for p in resources.files("srlm.recipes").iterdir()
-                  if p.name.endswith(".yaml") and (p.name == "default.yaml" or p.name.startswith("study-")))
+                  if p.name.endswith(".yaml") and re.search(r"^stages:", p.read_text(encoding="utf-8"), re.M))
 
 
 def find_recipe(name: str) -> Path:
