@@ -67,7 +67,8 @@ _HF_TO_GGUF_GLOBAL = {v: k for k, v in _GLOBAL_NAMES.items()}
 # -- pre-tokenizers ---------------------------------------------------------------------------
 # The splits llama.cpp implements (src/llama-vocab.cpp), as tokenizer.json writes them, keyed by the
 # canonical `tokenizer.ggml.pre` name. `ignore_merges`: a whole pre-token found in the vocabulary is
-# used as is (llama.cpp sets it for these names; HF's BPE has the same flag). llama.cpp normalizes
+# used as is (llama.cpp sets it for these names; HF's BPE has the same flag); `add_bos`: llama.cpp's
+# default when the file has no tokenizer.ggml.add_bos_token. llama.cpp normalizes
 # nothing, so an imported tokenizer has no normalizer (Qwen2's tokenizer.json has NFC: llama.cpp, and
 # srlm reading its GGUF, differ from it only on text that is not NFC already).
 LLAMA3_SPLIT_REGEX = (
@@ -75,7 +76,8 @@ LLAMA3_SPLIT_REGEX = (
 )
 _PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     "qwen2": {"steps": (("split", QWEN2_SPLIT_REGEX), ("bytelevel", False)), "ignore_merges": False},
-    "llama-bpe": {"steps": (("split", LLAMA3_SPLIT_REGEX), ("bytelevel", False)), "ignore_merges": True},
+    "llama-bpe": {"steps": (("split", LLAMA3_SPLIT_REGEX), ("bytelevel", False)), "ignore_merges": True,
+                  "add_bos": True},
     "smollm": {"steps": (("digits", True), ("bytelevel", True)), "ignore_merges": False},
     "gpt-2": {"steps": (("bytelevel", True),), "ignore_merges": False},
 }
@@ -360,7 +362,7 @@ def tokenizer_from_metadata(meta: dict, source: str) -> Tokenizer:
         i = meta.get(f"tokenizer.ggml.{key}")
         return tokens[i] if i is not None and 0 <= i < len(tokens) else None
 
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", spec.get("add_bos", False)))
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     bos, eos = tok_of("bos_token_id"), tok_of("eos_token_id")
     single = [f"{bos}:0"] * (add_bos and bos is not None) + ["$A:0"] + [f"{eos}:0"] * (add_eos and eos is not None)
@@ -381,7 +383,7 @@ def tokenizer_from_metadata(meta: dict, source: str) -> Tokenizer:
     if named:
         template = {**({"default": template} if template else {}), **named}
     eos_ids = [i for k in ("eos_token_id", "eot_token_id", "eom_token_id") if (i := meta.get(f"tokenizer.ggml.{k}")) is not None]
-    return Tokenizer(backend, config=config, chat_template=template, generation_eos_ids=dict.fromkeys(eos_ids),
+    return Tokenizer(backend, config=config, chat_template=template, generation_eos_ids=list(dict.fromkeys(eos_ids)),
                      source=source)
 
 
