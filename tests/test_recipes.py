@@ -207,3 +207,21 @@ def test_model_overrides_reshape_a_stage_preset_and_are_refused_for_folders(tmp_
         runner._start(str(folder), tok_dir, "x", {"num_hidden_layers": 2})
     with pytest.raises(SrlmError, match="model_overrides.*checkpoint folder"):
         build_model(TrainConfig(model=str(plain), tokenizer=str(tok_dir), model_overrides={"num_hidden_layers": 2}))
+
+
+def test_real_model_recipe_runs_from_a_gguf(checkpoints, tmp_path):
+    """smollm2-135m-synth end to end, with a small random model standing in for SmolLM2, given as a GGUF
+    (converted once into OUT/init/, as a user's download of the real file would be)."""
+    import srlm
+    from srlm.model.gguf import export
+
+    model, tok = srlm.load(checkpoints["student"])
+    gguf = export(model, tok, tmp_path / "student.gguf", "f32")
+    sets = [f"smollm2={gguf}", "eval.n=2", "eval.batch_size=2", "eval.max_new_tokens=6", "defaults.num_threads=1",
+            "defaults.max_seq_len=96", "defaults.save_every=0", "sft.steps=2", "sft.batch_size=2",
+            "grpo.steps=1", "grpo.batch_size=4", "grpo.num_generations=2", "grpo.max_new_tokens=6",
+            "grpo.num_prompts=4"]
+    summary = Runner(load_recipe("smollm2-135m-synth", sets), tmp_path / "run", log=lambda *a: None).run()
+    assert [s["name"] for s in summary["stages"]] == ["instruct", "sft", "grpo"]
+    assert summary["stages"][0]["start"] == str(tmp_path / "run" / "init" / "student")
+    assert (tmp_path / "run" / "grpo" / "final" / "adapter" / "adapter_config.json").is_file()

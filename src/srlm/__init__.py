@@ -9,11 +9,16 @@ __version__ = "0.1.0"
 from srlm.errors import SrlmError
 
 
-def load(path, dtype=None, device="cpu"):
-    """Load a Hugging Face checkpoint folder: returns (model, tokenizer-or-None)."""
+def load(path, dtype=None, device="cpu", revision=None):
+    """Load a checkpoint: (model, tokenizer-or-None).
+
+    `path` is a Hugging Face checkpoint folder, a `.gguf` file, or a Hub id such as
+    "HuggingFaceTB/SmolLM2-135M-Instruct" (downloaded once into the Hub cache; `revision`
+    picks a branch, tag or commit).
+    """
     from srlm.model.checkpoint import load as _load
 
-    return _load(path, dtype=dtype, device=device)
+    return _load(path, dtype=dtype, device=device, revision=revision)
 
 
 def save(model, path, tokenizer=None):

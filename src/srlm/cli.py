@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("srlm.commands.bench", "benchmark prefill and decode speed and memory"),
     "serve": ("srlm.commands.serve", "serve a checkpoint over an OpenAI-compatible API, with a chat page"),
     "info": ("srlm.commands.info", "describe a checkpoint: architecture, size, memory"),
+    "convert": ("srlm.commands.convert", "convert a GGUF file into a Hugging Face checkpoint folder"),
+    "export": ("srlm.commands.export", "export a checkpoint as GGUF for llama.cpp / Ollama"),
     "tokenizer": ("srlm.commands.tokenizer", "train a byte-level BPE tokenizer from text files"),
 }
 

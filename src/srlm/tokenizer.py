@@ -8,7 +8,9 @@ files as transformers, and `apply_chat_template` renders and tokenizes exactly a
 environment, chat tokenized without adding special tokens again).
 `StreamDecoder` turns ids arriving one at a time into text deltas whose
 concatenation is the full decode. `train_bpe` builds a Qwen-style byte-level BPE
-(single digits, ChatML template) for from-scratch models. Knows nothing of models.
+(single digits, ChatML template) for from-scratch models, with llama.cpp's `qwen2`
+pre-tokenizer and no normalizer, so llama.cpp tokenizes its exports id for id. Knows
+nothing of models.
 """
 
 from __future__ import annotations
@@ -417,7 +419,7 @@ def train_bpe(
     `files` forces one reading, otherwise a list whose items are all existing paths is read as files.
     `vocab_size` counts the 5 added tokens; a small corpus may stop short of it.
     """
-    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as Backend
 
     n_added = len(TRAINED_ADDED_TOKENS)
@@ -429,7 +431,8 @@ def train_bpe(
     texts = read_texts(source) if files else (str(s) for s in source)
 
     backend = Backend(models.BPE())
-    backend.normalizer = normalizers.NFC()
+    # No normalizer: llama.cpp applies none, and a GGUF export must split text exactly as srlm does
+    # (Qwen2's own tokenizer.json has NFC, so llama.cpp differs from it on decomposed accents).
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated"),

@@ -1,6 +1,6 @@
 """`srlm bench`: prefill and decode speed, time to first token and memory, as one JSON object.
 
-    srlm bench PATH                                   # a checkpoint folder
+    srlm bench PATH                                   # a checkpoint folder, .gguf file or Hub id
     srlm bench --preset qwen2.5-0.5b --random-init    # no weights needed
     srlm bench ... --quantize int8 --compare hf       # add srlm-int8 and transformers' generate
     srlm bench ... --rollout 16 32 64 --compare hf    # RL-sized batches: aggregate decode vs the roofline
@@ -42,7 +42,9 @@ from srlm.machine import cpu_info
 
 
 def add_arguments(p) -> None:
-    p.add_argument("path", nargs="?", default=None, help="checkpoint folder (or use --preset --random-init)")
+    p.add_argument("path", nargs="?", default=None,
+                   help="checkpoint folder, .gguf file or Hub id (or use --preset --random-init)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     p.add_argument("--preset", default=None, help="model preset name, with --random-init")
     p.add_argument("--random-init", action="store_true", help="random weights of the preset's shape")
     p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
@@ -84,11 +86,21 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def _materialise(args, tmp: Path) -> Path:
-    """The checkpoint folder to benchmark: PATH, or a random-init preset saved under `tmp`."""
+    """The checkpoint folder to benchmark: PATH (a GGUF converted under `tmp`, so every backend reads the
+    same folder), or a random-init preset saved under `tmp`."""
     if args.path:
         if args.preset or args.random_init:
             raise SrlmError("give either a checkpoint PATH or --preset NAME --random-init, not both")
-        return Path(args.path)
+        from srlm.model.hub import resolve
+
+        path = resolve(args.path, args.revision)
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            from srlm.model import save
+            from srlm.model.gguf import load
+
+            model, tokenizer = load(path)
+            return save(model, tmp / path.stem, tokenizer=tokenizer)
+        return path
     if not (args.preset and args.random_init):
         raise SrlmError("srlm bench needs a checkpoint PATH, or --preset NAME --random-init (no weights needed)")
     import torch

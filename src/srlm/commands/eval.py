@@ -26,7 +26,8 @@ from srlm.eval import run as eval_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="checkpoint folder (or anything the inference backend accepts)")
+    p.add_argument("path", help="checkpoint folder, .gguf file or Hugging Face Hub id (ORG/NAME)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     p.add_argument("--task", required=True, help="task name(s), comma-separated; 'glue' = all GLUE tasks found in --data")
     p.add_argument("--data", action="append", default=[], metavar="[NAME=]FILE_OR_DIR",
                    help="local data in the official format; NAME=PATH for one task (repeatable)")
@@ -47,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0 = greedy; 0.8 with --samples > 1)")
     p.add_argument("--scoring", choices=["auto", "generate", "loglik"], default="auto",
                    help="auto: the task's kind; generate: score GLUE by generated label words (fine-tuned models)")
+    p.add_argument("--backend", choices=["srlm", "llama.cpp"], default="srlm",
+                   help="run the model in srlm's engine, or a .gguf in llama.cpp (needs llama-cpp-python)")
     p.add_argument("--device", default=None, help="device for the model (default: the backend's choice)")
     p.add_argument("--dtype", default=None, help="model dtype (default: the backend's choice)")
     p.add_argument("--quantize", default=None, help="weight quantization for inference, if the backend supports it")
@@ -105,7 +108,8 @@ def run(args: argparse.Namespace, backend=None) -> dict:
         prompt=args.prompt, shots=args.shots, shot_data=args.shot_data, chat=args.chat, samples=args.samples,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         scoring=args.scoring, seed=args.seed, device=args.device, dtype=args.dtype, quantize=args.quantize,
-        backend=backend, progress=not args.no_progress, allow_nonfinite=args.allow_nonfinite)
+        backend=backend, progress=not args.no_progress, allow_nonfinite=args.allow_nonfinite,
+        revision=args.revision, engine=args.backend)
     results = result.to_json()
     results["config"] = {"path": str(args.path), "task": args.task, "data": args.data, "split": args.split,
                          "limit": args.limit, "prompt": args.prompt, "shots": args.shots, "shot_data": args.shot_data,

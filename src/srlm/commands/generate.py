@@ -30,7 +30,7 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     text_argument(args.prompt, "--prompt")
     engine = load_engine(args.path, dtype=args.dtype, quantize=args.quantize, threads=args.threads,
-                         allow_nonfinite=args.allow_nonfinite)
+                         allow_nonfinite=args.allow_nonfinite, revision=args.revision)
     if args.chat and not engine.tokenizer.has_chat_template:
         raise SrlmError(f"{args.path}: --chat needs a chat template, and this checkpoint's tokenizer has none "
                         f"(tokenizer_config.json \"chat_template\" or chat_template.jinja); drop --chat")

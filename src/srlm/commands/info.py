@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from srlm.errors import SrlmError
 from srlm.model.config import ModelConfig
@@ -12,7 +11,8 @@ from srlm.model.presets import preset
 
 
 def add_arguments(p):
-    p.add_argument("path", nargs="?", help="checkpoint folder")
+    p.add_argument("path", nargs="?", help="checkpoint folder, .gguf file or Hugging Face Hub id (ORG/NAME)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     p.add_argument("--preset", help="describe a named preset instead of a folder")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -22,11 +22,21 @@ def main(args) -> int:
         info = describe(preset(args.preset))
         name = args.preset
     elif args.path:
-        path = Path(args.path)
-        if not path.is_dir():
-            raise SrlmError(f"{path}: not a checkpoint folder")
-        info = describe(ModelConfig.from_file(path / "config.json"), path)
-        name = str(path)
+        from srlm.model.hub import resolve
+
+        path = resolve(args.path, args.revision, weights=False)
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            from srlm.model.gguf import read_header
+
+            config, meta = read_header(path)
+            info = describe(config)
+            info["tokenizer"] = True  # a GGUF always carries its vocabulary
+            info["chat_template"] = "tokenizer.chat_template" in meta
+        elif path.is_dir():
+            info = describe(ModelConfig.from_file(path / "config.json"), path)
+        else:
+            raise SrlmError(f"{path}: not a checkpoint folder or .gguf file")
+        name = str(args.path)
     else:
         raise SrlmError("give a checkpoint folder or --preset NAME")
     if args.json:

@@ -42,7 +42,7 @@ def main(args) -> int:
     if args.max_body_bytes < 1024:
         raise SrlmError(f"--max-body-bytes {args.max_body_bytes}: give at least 1024")
     engine = load_engine(args.path, dtype=args.dtype, quantize=args.quantize, threads=args.threads,
-                         allow_nonfinite=args.allow_nonfinite)
+                         allow_nonfinite=args.allow_nonfinite, revision=args.revision)
     name = args.model_name or str(Path(args.path))
     settings = ServeSettings(model_name=name, api_key=args.api_key, max_batch=args.max_batch,
                              max_model_len=args.max_model_len, max_body_bytes=args.max_body_bytes)

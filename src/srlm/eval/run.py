@@ -170,9 +170,21 @@ def card_line(card: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- the model
 
 def make_backend(checkpoint: str | Path, device: str | None = None, dtype: str | None = None,
-                 quantize: str | None = None, seed: int = 0, allow_nonfinite: bool = False):
+                 quantize: str | None = None, seed: int = 0, allow_nonfinite: bool = False,
+                 revision: str | None = None, engine: str = "srlm"):
     """The model behind the harness's Backend protocol; the only place eval touches the model.
-    Weights holding NaN/Inf are refused unless `allow_nonfinite`."""
+    `engine` "srlm" runs it in srlm's engine (weights holding NaN/Inf refused unless `allow_nonfinite`);
+    "llama.cpp" runs a .gguf in llama.cpp (srlm.infer.llama_cpp.LlamaCppBackend)."""
+    if engine == "llama.cpp":
+        from srlm.infer.llama_cpp import LlamaCppBackend
+        from srlm.model.hub import resolve
+
+        for flag, value in (("device", device), ("dtype", dtype), ("quantize", quantize)):
+            if value is not None:
+                raise SrlmError(f"--{flag} applies to srlm's engine; llama.cpp runs the GGUF as it is")
+        return LlamaCppBackend(resolve(checkpoint, revision), seed=seed)
+    if engine != "srlm":
+        raise SrlmError(f"engine {engine!r}: use srlm or llama.cpp")
     try:
         from srlm.infer.backend import EngineBackend
     except ModuleNotFoundError as e:
@@ -181,7 +193,8 @@ def make_backend(checkpoint: str | Path, device: str | None = None, dtype: str |
         raise
     from srlm.model.checkpoint import check_finite
 
-    backend = EngineBackend.from_checkpoint(str(checkpoint), device=device, dtype=dtype, quantize=quantize, seed=seed)
+    backend = EngineBackend.from_checkpoint(str(checkpoint), device=device, dtype=dtype, quantize=quantize, seed=seed,
+                                            revision=revision)
     check_finite(backend.engine.model, checkpoint, allow=allow_nonfinite)
     return backend
 
@@ -319,7 +332,7 @@ def evaluate(checkpoint: str | Path | None, task: str | list[str], data: str | N
              samples: int = 1, temperature: float | None = None, max_new_tokens: int | None = None,
              batch_size: int = 8, scoring: str = "auto", seed: int = 0, device: str | None = None,
              dtype: str | None = None, quantize: str | None = None, backend=None, progress: bool = True,
-             allow_nonfinite: bool = False) -> Result:
+             allow_nonfinite: bool = False, revision: str | None = None, engine: str = "srlm") -> Result:
     """Evaluate `checkpoint` on `task` and return metrics, records and protocol cards.
 
     task:        a name, "a,b", or a list; "glue" = every GLUE task found in its data.
@@ -349,7 +362,7 @@ def evaluate(checkpoint: str | Path | None, task: str | list[str], data: str | N
         if checkpoint is None:
             raise SrlmError("evaluate: give a checkpoint folder, or a backend")
         backend = make_backend(checkpoint, device=device, dtype=dtype, quantize=quantize, seed=seed,
-                               allow_nonfinite=allow_nonfinite)
+                               allow_nonfinite=allow_nonfinite, revision=revision, engine=engine)
 
     from srlm import __version__
     from srlm.eval.harness import evaluate as run_harness

@@ -22,10 +22,12 @@ class EngineBackend:
         self.seed = seed
 
     @classmethod
-    def from_checkpoint(cls, path, device=None, dtype=None, quantize: str | None = None, seed: int | None = 0):
+    def from_checkpoint(cls, path, device=None, dtype=None, quantize: str | None = None, seed: int | None = 0,
+                        revision: str | None = None):
         from srlm.infer.quant import load_for_inference
 
-        model, tokenizer = load_for_inference(path, dtype=dtype, device=device or "cpu", quantize=quantize)
+        model, tokenizer = load_for_inference(path, dtype=dtype, device=device or "cpu", quantize=quantize,
+                                              revision=revision)
         return cls(Engine(model, tokenizer), seed=seed)
 
     def generate(self, prompts: list[str | list[dict]], n: int = 1, max_new_tokens: int = 256,

@@ -10,8 +10,10 @@ from srlm.infer.engine import Engine
 
 
 def load_engine(path: str | Path, dtype: str | None = None, quantize: str | None = None, threads: int | None = None,
-                device: str = "cpu", require_tokenizer: bool = True, allow_nonfinite: bool = False) -> Engine:
-    """An `Engine` over the checkpoint at `path` (config.json, *.safetensors, tokenizer.json).
+                device: str = "cpu", require_tokenizer: bool = True, allow_nonfinite: bool = False,
+                revision: str | None = None) -> Engine:
+    """An `Engine` over the checkpoint at `path`: a folder (config.json, *.safetensors, tokenizer.json), a
+    .gguf file, or a Hugging Face Hub id (at `revision`).
 
     dtype: "float32" | "bfloat16" | None (as saved; bfloat16 with `quantize`); quantize: None | "int8" | "int4"
     (weight-only, applied at load); threads: torch's CPU threads (None = torch's choice).
@@ -27,7 +29,7 @@ def load_engine(path: str | Path, dtype: str | None = None, quantize: str | None
         if not isinstance(threads, int) or threads < 1:
             raise SrlmError(f"--threads {threads}: give a positive number of threads")
         torch.set_num_threads(threads)
-    model, tokenizer = load_for_inference(path, dtype=dtype, device=device, quantize=quantize)
+    model, tokenizer = load_for_inference(path, dtype=dtype, device=device, quantize=quantize, revision=revision)
     check_finite(model, path, allow=allow_nonfinite)
     if tokenizer is None and require_tokenizer:
         raise SrlmError(f"{path}: no tokenizer.json, so text prompts cannot be encoded; "

@@ -10,7 +10,9 @@ from srlm.errors import SrlmError
 
 
 def add_model_arguments(p) -> None:
-    p.add_argument("path", help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("path", help="checkpoint folder (config.json, *.safetensors, tokenizer.json), .gguf file, "
+                                "or Hugging Face Hub id (ORG/NAME)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     from srlm.infer.quant import QUANT_MODES
 
     p.add_argument("--quantize", choices=list(QUANT_MODES), default=None,

@@ -206,8 +206,8 @@ def quantize_model(model: nn.Module, mode: str = "int8", include_lm_head: bool =
     return model
 
 
-def load_for_inference(path, dtype=None, device="cpu", quantize: str | None = None):
-    """`srlm.load` plus optional quantization: (model, tokenizer). int8 runs activations in bf16 by default;
+def load_for_inference(path, dtype=None, device="cpu", quantize: str | None = None, revision: str | None = None):
+    """`srlm.load` (a folder, .gguf file or Hub id) plus optional quantization: (model, tokenizer). int8 runs activations in bf16 by default;
     unquantized bf16 models on CPUs without fast bf16 get UpcastLinear layers."""
     from srlm.model.checkpoint import load
 
@@ -215,7 +215,7 @@ def load_for_inference(path, dtype=None, device="cpu", quantize: str | None = No
         raise SrlmError(f"--quantize {quantize!r} is not supported; choose one of: {', '.join(QUANT_MODES)}")
     if quantize and dtype is None:
         dtype = "bfloat16"
-    model, tokenizer = load(path, dtype=dtype, device=device)
+    model, tokenizer = load(path, dtype=dtype, device=device, revision=revision)
     if quantize:
         quantize_model(model, quantize)
     else:

@@ -94,25 +94,15 @@ def _hf_to_srlm_names(config: ModelConfig, tensors: dict[str, torch.Tensor], sou
     return out
 
 
-def load_model(path: str | Path, dtype=None, device="cpu") -> CausalLM:
-    path = Path(path)
-    if not path.is_dir():
-        raise SrlmError(f"{path}: not a checkpoint folder (expected a directory with config.json and *.safetensors)")
-    config = ModelConfig.from_file(path / "config.json")
+def from_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], source: str, dtype=None,
+                 device="cpu") -> CausalLM:
+    """A `CausalLM` of `config` holding `tensors` (HF names), every name and shape checked against the config."""
     want = torch_dtype(dtype) or _DTYPES[config.dtype]
-    tensors: dict[str, torch.Tensor] = {}
-    for f in _weight_files(path):
-        try:
-            with safe_open(str(f), framework="pt") as sf:
-                for k in sf.keys():
-                    tensors[k] = sf.get_tensor(k)
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise SrlmError(f"{f}: cannot read safetensors file ({e})") from None
     nonfinite = nonfinite_tensors(tensors)
     if nonfinite:
-        print(f"srlm: warning: {path}: NaN or Inf values in {len(nonfinite)} tensor(s): {_names(nonfinite)}",
+        print(f"srlm: warning: {source}: NaN or Inf values in {len(nonfinite)} tensor(s): {_names(nonfinite)}",
               file=sys.stderr, flush=True)
-    tensors = _hf_to_srlm_names(config, tensors, str(path))
+    tensors = _hf_to_srlm_names(config, tensors, source)
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
     with torch.device("meta"):
@@ -123,14 +113,15 @@ def load_model(path: str | Path, dtype=None, device="cpu") -> CausalLM:
     missing = [k for k in expected if k not in tensors]
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise SrlmError(f"{path}: missing tensor(s) {', '.join(missing[:3])}{more}")
+        raise SrlmError(f"{source}: missing tensor(s) {', '.join(missing[:3])}{more}")
     for k, ref in expected.items():
         if tuple(tensors[k].shape) != tuple(ref.shape):
-            raise SrlmError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)}, "
-                            f"config.json implies {tuple(ref.shape)}")
+            raise SrlmError(f"{source}: tensor {k} has shape {tuple(tensors[k].shape)}, "
+                            f"the configuration implies {tuple(ref.shape)}")
     unexpected = [k for k in tensors if k not in expected and not k.endswith("rotary_emb.inv_freq")]
     if unexpected:
-        raise SrlmError(f"{path}: unexpected tensor(s) {', '.join(unexpected[:3])} — does config.json match the weights?")
+        raise SrlmError(f"{source}: unexpected tensor(s) {', '.join(unexpected[:3])} — does the configuration "
+                        f"match the weights?")
     model = model.to_empty(device=device)
     model.load_state_dict({k: tensors[k].to(want) for k in expected}, strict=False, assign=True)
     if config.tie_word_embeddings:
@@ -162,15 +153,57 @@ def check_finite(model: CausalLM, path, allow: bool = False) -> None:
                         f"use an earlier checkpoint, or pass --allow-nonfinite to run it anyway")
 
 
-def load(path: str | Path, dtype=None, device="cpu"):
-    """Model and tokenizer (None when the folder has no tokenizer.json)."""
-    model = load_model(path, dtype=dtype, device=device)
-    tokenizer = None
-    if (Path(path) / "tokenizer.json").exists():
-        from srlm.tokenizer import Tokenizer
+def _is_gguf(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".gguf"
 
-        tokenizer = Tokenizer.from_dir(path)
-    return model, tokenizer
+
+def load_model(path: str | Path, dtype=None, device="cpu", revision: str | None = None) -> CausalLM:
+    """A checkpoint folder, a `.gguf` file or a Hub id (see `srlm.model.hub.resolve`) as a `CausalLM`."""
+    from srlm.model.hub import resolve
+
+    path = resolve(path, revision)
+    if _is_gguf(path):
+        from srlm.model.gguf import load as load_gguf
+
+        return load_gguf(path, dtype=dtype, device=device)[0]
+    if not path.is_dir():
+        raise SrlmError(f"{path}: not a checkpoint (expected a folder with config.json and *.safetensors, "
+                        f"or a .gguf file)")
+    config = ModelConfig.from_file(path / "config.json")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in _weight_files(path):
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    tensors[k] = sf.get_tensor(k)
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise SrlmError(f"{f}: cannot read safetensors file ({e})") from None
+    return from_tensors(config, tensors, str(path), dtype=dtype, device=device)
+
+
+def load_tokenizer(path: str | Path, revision: str | None = None):
+    """The tokenizer of a checkpoint folder, `.gguf` file or Hub id; None when a folder has no tokenizer.json."""
+    from srlm.model.hub import resolve
+    from srlm.tokenizer import Tokenizer
+
+    path = resolve(path, revision)
+    if _is_gguf(path):
+        from srlm.model.gguf import _metadata, _open, tokenizer_from_metadata
+
+        return tokenizer_from_metadata(_metadata(_open(path)), str(path))
+    return Tokenizer.from_dir(path) if (path / "tokenizer.json").exists() else None
+
+
+def load(path: str | Path, dtype=None, device="cpu", revision: str | None = None):
+    """Model and tokenizer (None when the folder has no tokenizer.json) of a folder, `.gguf` file or Hub id."""
+    from srlm.model.hub import resolve
+
+    path = resolve(path, revision)
+    if _is_gguf(path):
+        from srlm.model.gguf import load as load_gguf
+
+        return load_gguf(path, dtype=dtype, device=device)
+    return load_model(path, dtype=dtype, device=device), load_tokenizer(path)
 
 
 def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
 """`srlm info PATH|--preset NAME`: what a checkpoint is, without loading its weights.
 
-Shapes come from `config.json` (a model built on the meta device), so even a
-multi-GB checkpoint is described instantly.
+Shapes come from `config.json` or a GGUF's metadata (a model built on the meta device), so
+even a multi-GB checkpoint is described instantly; for a Hub id only the config and tokenizer
+files are downloaded.
 """
 
 from __future__ import annotations

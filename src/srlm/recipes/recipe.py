@@ -22,8 +22,8 @@ from srlm.errors import SrlmError, did_you_mean
 
 TRAIN_KINDS = ("pretrain", "sft", "kd", "grpo")
 KINDS = TRAIN_KINDS + ("eval",)
-RECIPE_KEYS = {"name", "description", "model", "tokenizer", "task", "task_options", "eval", "defaults", "stages",
-               "vars", "quick", "seed"}
+RECIPE_KEYS = {"name", "description", "model", "revision", "tokenizer", "task", "task_options", "eval", "defaults",
+               "stages", "vars", "quick", "seed"}
 STAGE_KEYS = {"name", "kind", "config", "from", "model", "chain", "evaluate"}
 
 

@@ -1,7 +1,8 @@
 """`srlm run [RECIPE]`: a pipeline of stages from one YAML recipe, evaluated after every stage, with a scorecard.
 
 A recipe (see `pipelines/default.yaml`, `pipelines/study-*.yaml`; parsed by `srlm.recipes.recipe`) names:
-- `model`: a preset (random init, needs `tokenizer`) or an HF checkpoint folder;
+- `model`: a preset (random init, needs `tokenizer`) or a checkpoint: an HF folder, a .gguf file
+  (converted once into OUT/init/) or a Hugging Face Hub id (`revision` picks a branch, tag or commit);
 - `tokenizer`: a folder, or `{train: {vocab_size, examples}}` to train a BPE on the task's train problems;
 - `task` / `task_options`: the data every stage draws from (SFT and KD conversations, GRPO prompts);
 - `eval`: the held-out evaluation run after every stage (`n`, `batch_size`, `max_new_tokens`, `chat`,
@@ -164,18 +165,39 @@ class Runner:
         data = opts.pop("data", None)
         return get_task(self.task_name, **opts).load(split="train", data=data, limit=limit)
 
+    def checkpoint_folder(self, spec: str) -> Path | None:
+        """The local folder of checkpoint `spec`: a folder as it is, a Hub id downloaded, a .gguf converted once
+        into OUT/init/; None when `spec` names no existing path nor a Hub id (a preset, or a mistake)."""
+        from srlm.model.hub import is_hub_id, resolve
+
+        if not Path(spec).exists() and not is_hub_id(spec):
+            return None
+        path = resolve(spec, self.recipe.get("revision"))
+        if path.is_dir():
+            return path
+        folder = self.out / "init" / path.stem
+        if not (folder / "config.json").is_file():
+            from srlm.model import load, save
+
+            t0 = time.perf_counter()
+            model, tok = load(path)
+            save(model, folder, tokenizer=tok)
+            self.log(f"[model] converted {path} -> {folder} in {time.perf_counter() - t0:.1f}s")
+        return folder
+
     def tokenizer_dir(self) -> Path:
         spec = self.recipe.get("tokenizer")
         model = self.recipe["model"]
         if spec is None:
             from srlm.model import PRESETS
 
-            if not Path(model).is_dir() and model not in PRESETS:
+            folder = self.checkpoint_folder(model)
+            if folder is None and model not in PRESETS:
                 raise SrlmError(f"model {model!r} is neither a checkpoint folder nor a preset ({', '.join(PRESETS)})")
-            if not Path(model).is_dir():
+            if folder is None:
                 raise SrlmError(f"model {model!r} is a preset: the recipe needs `tokenizer` (a folder, or "
                                 f"{{train: {{vocab_size: N}}}} to train one)")
-            return Path(model)
+            return folder
         if isinstance(spec, str):
             if not (Path(spec) / "tokenizer.json").is_file():
                 raise SrlmError(f"tokenizer {spec}: no tokenizer.json there")
@@ -232,13 +254,14 @@ class Runner:
         return folder
 
     def _start(self, spec: str, tok_dir: Path, stage_name: str, overrides: dict | None = None) -> Path:
-        if Path(spec).is_dir():
+        folder = self.checkpoint_folder(spec)
+        if folder is not None:
             if overrides:
                 raise SrlmError(f"stage {stage_name!r}: model_overrides change a preset's shape; model {spec} is a "
-                                f"checkpoint folder, whose shape is fixed")
-            if not (Path(spec) / "config.json").is_file():
+                                f"checkpoint, whose shape is fixed")
+            if not (folder / "config.json").is_file():
                 raise SrlmError(f"model {spec}: no config.json; not a checkpoint folder")
-            return Path(spec)
+            return folder
         from srlm.model import PRESETS
 
         if spec not in PRESETS:

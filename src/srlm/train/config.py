@@ -33,13 +33,16 @@ class TrainConfig:
 
     #: folder for checkpoints (`checkpoint-NNNNNN/`), `metrics.jsonl` and the final model (`final/`)
     out_dir: str = "runs/train"
-    #: a preset name (`srlm.model.PRESETS`, random init) or an HF checkpoint folder to start from
+    #: a preset name (`srlm.model.PRESETS`, random init) or a checkpoint to start from: an HF folder,
+    #: a .gguf file, or a Hugging Face Hub id (ORG/NAME, downloaded into the Hub cache)
     model: str = "tiny"
+    #: Hub revision (branch, tag or commit) when `model` / `init_from` is a Hub id
+    revision: str | None = None
     #: preset fields to change, e.g. {num_hidden_layers: 2, hidden_size: 64} (ignored for folders)
     model_overrides: dict = field(default_factory=dict)
     #: tokenizer folder; default: the model folder's (required when `model` is a preset)
     tokenizer: str | None = None
-    #: HF folder whose weights initialise a preset-shaped model (default: `model` itself when a folder)
+    #: checkpoint (folder, .gguf or Hub id) whose weights initialise the model (default: `model` itself)
     init_from: str | None = None
     #: optimizer steps
     steps: int = 1000

@@ -42,7 +42,7 @@ PROBE = "Tom has 12 apples. <think>\n12 + 30 = 42\n</think>\n\nThe answer is 42.
 
 @dataclass
 class KDConfig(SFTConfig):
-    #: teacher checkpoint folder (same tokenizer as the student)
+    #: teacher checkpoint: folder, .gguf file or Hub id (same tokenizer as the student)
     teacher: str = ""
     #: logit (match the teacher's distributions) | sequence (fine-tune on the teacher's verified samples)
     mode: str = "logit"
@@ -92,8 +92,10 @@ def load_teacher(config: KDConfig, student_tok):
 
     if not config.teacher:
         raise SrlmError("kd needs teacher=FOLDER (a checkpoint with the student's tokenizer)")
-    if not Path(config.teacher).is_dir():
-        raise SrlmError(f"teacher={config.teacher}: no such checkpoint folder")
+    from srlm.model.hub import is_hub_id
+
+    if not Path(config.teacher).exists() and not is_hub_id(config.teacher):
+        raise SrlmError(f"teacher={config.teacher}: no such checkpoint folder or .gguf file")
     model, tok = load(config.teacher, dtype="float32")
     if tok is None:
         raise SrlmError(f"teacher {config.teacher}: no tokenizer.json; cannot check it matches the student's")

@@ -55,19 +55,21 @@ from srlm.train.lora import LoRALinear, lora_state_dict, merged_model, save_adap
 def build_model(config: TrainConfig, need_tokenizer: bool = True):
     """(model in fp32 on CPU, tokenizer) from `config.model` / `init_from` / `tokenizer`.
 
-    `init_from` (an HF folder) gives architecture and weights; else `model` is an HF folder or
+    `init_from` (a checkpoint) gives architecture and weights; else `model` is a checkpoint or
     a preset (random init seeded by `config.seed`, vocabulary and special ids from the tokenizer).
+    A checkpoint is a folder, a .gguf file or a Hub id (at `config.revision`).
     """
-    from srlm.model import load_model, preset
-    from srlm.tokenizer import Tokenizer
+    from srlm.model import load_model, load_tokenizer, preset
 
-    source = config.init_from or (config.model if Path(config.model).is_dir() else None)
-    tok_dir = config.tokenizer or source
+    source = (_checkpoint(config.init_from, config.revision, "init_from") if config.init_from
+              else _checkpoint(config.model, config.revision, "model"))
     tokenizer = None
-    if tok_dir is not None and (Path(tok_dir) / "tokenizer.json").exists():
-        tokenizer = Tokenizer.from_dir(tok_dir)
-    elif config.tokenizer:
-        raise SrlmError(f"tokenizer={config.tokenizer}: no tokenizer.json there")
+    if config.tokenizer:
+        tokenizer = load_tokenizer(config.tokenizer)
+        if tokenizer is None:
+            raise SrlmError(f"tokenizer={config.tokenizer}: no tokenizer.json there")
+    elif source is not None:
+        tokenizer = load_tokenizer(source)
     if tokenizer is None and need_tokenizer:
         raise SrlmError(f"no tokenizer: model={config.model!r} is a preset (or its folder has no tokenizer.json); "
                         f"pass tokenizer=FOLDER (train one with `srlm tokenizer train`)")
@@ -77,8 +79,6 @@ def build_model(config: TrainConfig, need_tokenizer: bool = True):
                             f"the checkpoint folder {source}; drop model_overrides or start from a preset")
         model = load_model(source, dtype="float32")
     else:
-        if "/" in config.model or config.model.startswith("."):
-            raise SrlmError(f"model={config.model}: no such checkpoint folder")
         overrides = {}
         if tokenizer is not None:
             overrides = dict(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id,
@@ -91,6 +91,20 @@ def build_model(config: TrainConfig, need_tokenizer: bool = True):
         raise SrlmError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
                         f"{model.config.vocab_size}; use the tokenizer the model was trained with")
     return model, tokenizer
+
+
+def _checkpoint(ref: str, revision: str | None, key: str) -> Path | None:
+    """The local checkpoint `ref` names (downloading a Hub id), or None for a preset name."""
+    from srlm.model import PRESETS
+    from srlm.model.hub import is_hub_id, resolve
+
+    if ref in PRESETS:
+        return None
+    if Path(ref).exists() or is_hub_id(ref):
+        return resolve(ref, revision)
+    if "/" in ref or ref.startswith("."):
+        raise SrlmError(f"{key}={ref}: no such checkpoint folder or .gguf file")
+    return None  # an unknown preset name: preset() says which exist
 
 
 def export_model(model: nn.Module) -> nn.Module:
