@@ -44,8 +44,7 @@ def make_checkpoint(folder: Path, shape: str = "tiny") -> Path:
     tok = train_bpe(list(corpus_lines(400)), 1024)
     torch.manual_seed(0)
     (name, over), _, _ = SHAPES[shape]
-    cfg = preset(name, **over, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
-                 pad_token_id=tok.pad_token_id)
+    cfg = preset(name, **over, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return save(CausalLM(cfg), folder / "model", tokenizer=tok)
 
 
@@ -57,19 +56,39 @@ def bench_srlm(ckpt: Path, steps: int, dtype: str, threads: int, work: Path, g: 
     grpo.REWARDS["bench_len"] = lambda text, ex, task: float(len(text) % 3)  # varied, so the update is real
     out = work / "srlm"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = load_config(grpo.GRPOConfig, None, {
-        "out_dir": str(out), "model": str(ckpt), "steps": steps, "batch_size": g, "num_generations": g,
-        "sampling": {"temperature": 1.0, "max_new_tokens": new}, "beta": 0.0, "num_iterations": 1, "dtype": dtype, "num_threads": threads,
-        "progress": False, "log_every": 1, "lr": 1e-5, "rewards": {"bench_len": 1.0}, "device": "cpu",
-        "task": "synth-gsm"})
+    cfg = load_config(
+        grpo.GRPOConfig,
+        None,
+        {
+            "out_dir": str(out),
+            "model": str(ckpt),
+            "steps": steps,
+            "batch_size": g,
+            "num_generations": g,
+            "sampling": {"temperature": 1.0, "max_new_tokens": new},
+            "beta": 0.0,
+            "num_iterations": 1,
+            "dtype": dtype,
+            "num_threads": threads,
+            "progress": False,
+            "log_every": 1,
+            "lr": 1e-5,
+            "rewards": {"bench_len": 1.0},
+            "device": "cpu",
+            "task": "synth-gsm",
+        },
+    )
     model, tok = grpo.prepare(cfg)
     stage = grpo.GRPOStage(cfg, tok, model=model, examples=[Example(id="p", prompt=PROMPT, answer="17")])
     grpo.train(cfg, model, tok, stage, stage_name="grpo")
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_time_s"] for r in log if "step_time_s" in r][2:]  # skip warm-up
-    return {"s_per_step": statistics.median(times), "steps_timed": len(times),
-            "completion_len": statistics.mean(r["completion_len"] for r in log if "completion_len" in r),
-            "generate_s": statistics.median(r["time_generate_s"] for r in log[2:] if "time_generate_s" in r)}
+    return {
+        "s_per_step": statistics.median(times),
+        "steps_timed": len(times),
+        "completion_len": statistics.mean(r["completion_len"] for r in log if "completion_len" in r),
+        "generate_s": statistics.median(r["time_generate_s"] for r in log[2:] if "time_generate_s" in r),
+    }
 
 
 def bench_trl(ckpt: Path, steps: int, dtype: str, threads: int, work: Path, g: int = 4, new: int = 32) -> dict:
@@ -93,17 +112,33 @@ def bench_trl(ckpt: Path, steps: int, dtype: str, threads: int, work: Path, g: i
     def reward(completions, **kw):
         return [float(len(c if isinstance(c, str) else c[0]["content"]) % 3) for c in completions]
 
-    args = GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=g, num_generations=g,
-                      max_completion_length=new, beta=0.0, max_steps=steps, logging_steps=1, learning_rate=1e-5,
-                      bf16=dtype == "bf16", use_cpu=True, report_to=[], save_strategy="no",
-                      disable_tqdm=True, dataloader_num_workers=0)
+    args = GRPOConfig(
+        output_dir=str(work / "trl"),
+        per_device_train_batch_size=g,
+        num_generations=g,
+        max_completion_length=new,
+        beta=0.0,
+        max_steps=steps,
+        logging_steps=1,
+        learning_rate=1e-5,
+        bf16=dtype == "bf16",
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": PROMPT}]}] * (steps * g))
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok,
-                          callbacks=[Clock()])
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok, callbacks=[Clock()]
+    )
     trainer.train()
     times = [b - a for a, b in zip(stamps, stamps[1:])][2:]
-    return {"s_per_step": statistics.median(times), "steps_timed": len(times),
-            "completion_len": statistics.mean(lengths) if lengths else float("nan")}
+    return {
+        "s_per_step": statistics.median(times),
+        "steps_timed": len(times),
+        "completion_len": statistics.mean(lengths) if lengths else float("nan"),
+    }
 
 
 def main() -> None:
@@ -118,8 +153,11 @@ def main() -> None:
     from srlm.machine import cpu_info
 
     _, g, new = SHAPES[args.shape]
-    print(f"{cpu_info()}, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{args.threads} threads, dtype {args.dtype}, {args.steps} steps, shape {args.shape}: 1 prompt x {g} x {new} tokens")
+    print(
+        f"{cpu_info()}, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{args.threads} threads, dtype {args.dtype}, {args.steps} steps, "
+        f"shape {args.shape}: 1 prompt x {g} x {new} tokens"
+    )
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         ckpt = make_checkpoint(work, args.shape)

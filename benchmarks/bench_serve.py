@@ -56,8 +56,13 @@ def free_port() -> int:
 
 
 def request(http: httpx.Client, i: int, max_tokens: int) -> tuple[float, int]:
-    body = {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], "max_tokens": max_tokens,
-            "temperature": 0.7, "seed": i, "ignore_eos": True}
+    body = {
+        "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "seed": i,
+        "ignore_eos": True,
+    }
     t0 = time.perf_counter()
     r = http.post("/v1/chat/completions", json=body)
     r.raise_for_status()
@@ -103,8 +108,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or str(build_random_checkpoint(Path(tmp) / args.preset, args.preset))
         port = free_port()
-        cmd = [sys.executable, "-m", "srlm.cli", "serve", ckpt, "--port", str(port),
-               "--max-batch", str(max(16, args.clients))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "srlm.cli",
+            "serve",
+            ckpt,
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max(16, args.clients)),
+        ]
         for flag in ("threads", "dtype", "quantize"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag}", str(getattr(args, flag))]
@@ -122,8 +136,10 @@ def main() -> int:
                     raise RuntimeError("srlm serve did not start")
                 time.sleep(0.2)
             model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-            print(f"model {model}; {args.clients} chat requests of {args.max_tokens} new tokens each "
-                  f"(temperature 0.7, ignore_eos)")
+            print(
+                f"model {model}; {args.clients} chat requests of {args.max_tokens} new tokens each "
+                f"(temperature 0.7, ignore_eos)"
+            )
             # one pooled client, as an application would hold, with a connection per concurrent request
             http = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=args.clients))
             request(http, 0, 8)  # warm-up (and open the connections)
@@ -134,11 +150,15 @@ def main() -> int:
                 c_wall, c_tok, c_lat = concurrent(http, args.clients, args.max_tokens)
                 s_tps, c_tps = s_tok / s_wall, c_tok / c_wall
                 ratios.append(c_tps / s_tps)
-                print(f"round {rnd + 1}: one at a time {s_tps:7.1f} tok/s ({s_wall:.2f} s, mean latency "
-                      f"{statistics.mean(s_lat):.2f} s) | {args.clients} concurrent {c_tps:7.1f} tok/s "
-                      f"({c_wall:.2f} s, mean latency {statistics.mean(c_lat):.2f} s) | ratio {ratios[-1]:.2f}x")
-            print(f"aggregate throughput, {args.clients} concurrent clients / one at a time: "
-                  f"median {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+                print(
+                    f"round {rnd + 1}: one at a time {s_tps:7.1f} tok/s ({s_wall:.2f} s, mean latency "
+                    f"{statistics.mean(s_lat):.2f} s) | {args.clients} concurrent {c_tps:7.1f} tok/s "
+                    f"({c_wall:.2f} s, mean latency {statistics.mean(c_lat):.2f} s) | ratio {ratios[-1]:.2f}x"
+                )
+            print(
+                f"aggregate throughput, {args.clients} concurrent clients / one at a time: "
+                f"median {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
         finally:
             server.terminate()
             server.wait(30)

@@ -22,8 +22,14 @@ from srlm.data.synthetic import corpus_lines
 from srlm.model import CausalLM, preset, save
 from srlm.tokenizer import train_bpe
 
-SHAPE = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-             num_attention_heads=8, num_key_value_heads=2)
+SHAPE = dict(
+    vocab_size=4096,
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+)
 B, T = 8, 256
 
 
@@ -63,8 +69,19 @@ def run_srlm(model_dir, rows, steps, warmup, out, dtype):
     from srlm.train.config import TrainConfig
     from srlm.train.loop import train
 
-    cfg = TrainConfig(out_dir=str(out), model=str(model_dir), steps=warmup + steps, batch_size=B, lr=1e-4,
-                      warmup_steps=0, dtype=dtype, device="cpu", log_every=warmup + steps, progress=False, max_grad_norm=1.0)
+    cfg = TrainConfig(
+        out_dir=str(out),
+        model=str(model_dir),
+        steps=warmup + steps,
+        batch_size=B,
+        lr=1e-4,
+        warmup_steps=0,
+        dtype=dtype,
+        device="cpu",
+        log_every=warmup + steps,
+        progress=False,
+        max_grad_norm=1.0,
+    )
     times = []
 
     class Timed(RowsStage):
@@ -110,10 +127,24 @@ def run_trl(model_dir, rows, steps, warmup, out, dtype):
         def on_step_begin(self, args, state, control, **kw):
             times.append(time.perf_counter())
 
-    args = SFTConfig(output_dir=str(out), max_steps=warmup + steps, per_device_train_batch_size=B, learning_rate=1e-4,
-                     bf16=dtype == "bf16", use_cpu=True, logging_steps=10_000, save_strategy="no", report_to=[], max_length=T,
-                     packing=False, dataloader_num_workers=0, lr_scheduler_type="constant", seed=0,
-                     dataset_num_proc=None, disable_tqdm=True)
+    args = SFTConfig(
+        output_dir=str(out),
+        max_steps=warmup + steps,
+        per_device_train_batch_size=B,
+        learning_rate=1e-4,
+        bf16=dtype == "bf16",
+        use_cpu=True,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to=[],
+        max_length=T,
+        packing=False,
+        dataloader_num_workers=0,
+        lr_scheduler_type="constant",
+        seed=0,
+        dataset_num_proc=None,
+        disable_tqdm=True,
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
     trainer.train()
     gaps = [b - a for a, b in zip(times, times[1:])][warmup:]
@@ -127,13 +158,18 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-trl", action="store_true")
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
-                    help="autocast dtype for all runners (bf16 needs AVX-512-BF16/AMX on CPU to be fast)")
+    ap.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=["bf16", "fp32"],
+        help="autocast dtype for all runners (bf16 needs AVX-512-BF16/AMX on CPU to be fast)",
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
         import trl  # noqa: F401
+
         have_trl = not a.no_trl
     except ImportError:
         have_trl = False
@@ -141,8 +177,10 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         rows, model_dir, n_params = make_data(tmp, 64)
-        print(f"model: {n_params / 1e6:.2f}M parameters, batch {B} x {T} tokens, {a.dtype} autocast, "
-              f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+        print(
+            f"model: {n_params / 1e6:.2f}M parameters, batch {B} x {T} tokens, {a.dtype} autocast, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+        )
         res = {"srlm": [], "plain": [], **({"trl": []} if have_trl else {})}
         for r in range(a.rounds):
             for name in res:

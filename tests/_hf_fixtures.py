@@ -9,8 +9,14 @@ def hf_model(cls_name: str, overrides: dict, vocab_size: int):
     import transformers
 
     cfg = getattr(transformers, cls_name)(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
-        max_position_embeddings=256, **overrides)
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=112,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        **overrides,
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():

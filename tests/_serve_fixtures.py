@@ -12,8 +12,10 @@ import torch
 from srlm.model import CausalLM, preset, save
 from srlm.tokenizer import train_bpe
 
-TEXTS = ["The answer is 42. Tom has 12 apples and eats 3. How many are left? 12 - 3 = 9. <think> so </think>",
-         "Ann has 5 pens. She buys 7 more. 5 + 7 = 12. The answer is 12."] * 40
+TEXTS = [
+    "The answer is 42. Tom has 12 apples and eats 3. How many are left? 12 - 3 = 9. <think> so </think>",
+    "Ann has 5 pens. She buys 7 more. 5 + 7 = 12. The answer is 12.",
+] * 40
 
 # ChatML whose generation prompt opens a thought (as Qwen3's does): with a thinking budget, even random
 # weights reason first (the budget forces </think>) and then answer, so the reasoning split is exercised

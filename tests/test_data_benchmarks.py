@@ -16,6 +16,7 @@ SAMPLES = Path(__file__).resolve().parent / "data"
 
 # ---- GSM8K
 
+
 def test_gsm8k_loads_official_jsonl():
     t = get_task("gsm8k")
     ex = t.load(split="train", data=str(SAMPLES / "gsm8k"))
@@ -35,9 +36,11 @@ def test_gsm8k_lm_eval_filters_and_srlm_lenient_reading():
     assert extract_lenient("so \\boxed{42} and 7") == "42" and extract_lenient("I think 12 then 13") == "13"
     t = get_task("gsm8k")
     ex = t.load(split="train", data=str(SAMPLES / "gsm8k"), limit=1)[0]
-    recs = [{"output": "48 + 24 = 72", "gold": "72", "correct": True},        # flexible only
-            {"output": "#### 72 and then 5", "gold": "72", "correct": True},  # strict only
-            {"output": "nothing", "gold": "72", "correct": False}]            # no meta: the gold is the reference
+    recs = [
+        {"output": "48 + 24 = 72", "gold": "72", "correct": True},  # flexible only
+        {"output": "#### 72 and then 5", "gold": "72", "correct": True},  # strict only
+        {"output": "nothing", "gold": "72", "correct": False},
+    ]  # no meta: the gold is the reference
     m = t.metrics(recs)
     assert m["exact_match,strict-match"] == pytest.approx(1 / 3)
     assert m["exact_match,flexible-extract"] == pytest.approx(1 / 3) and m["accuracy"] == pytest.approx(2 / 3)
@@ -57,64 +60,132 @@ def test_gsm8k_malformed_line_names_file_and_line(tmp_path):
 
 # ---- MATH
 
+
 def test_last_boxed_nested_braces():
     assert last_boxed(r"so \boxed{1} then $\boxed{\frac{1}{\sqrt{2}}}$.") == r"\frac{1}{\sqrt{2}}"
     assert last_boxed(r"\boxed 5$") == "5"
     assert last_boxed("no box") is None
 
 
-@pytest.mark.parametrize("a,b", [
-    (r"\dfrac{9}{7}", r"\frac97"), ("0.5", r"\frac{1}{2}"), ("1/2", r"\frac{1}{2}"), (r"x \in [-2,7]", "[-2, 7]"),
-    (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\pi/2)"), (r"90^\circ", "90"), ("42 inches", "42"),
-    (r"\text{Evelyn}", "Evelyn"), (r"3\sqrt{13}", r"\sqrt{117}"), ("p - q", "-q+p"), ("4,6,14,15", "4, 6, 14, 15"),
-    ("1,000", "1000"), (r"\$18.90", "18.9"), (r"10\%", "10"), ("x=5", "5"), (r"-\frac{1}{8}", "-0.125"),
-    (r"\frac{x+2}{7}", r"\frac{x}{7}+\frac{2}{7}"), ("2^{10}", "1024"), ("187.5", r"\frac{375}{2}"), ("5.", "5"),
-    # factorised polynomials in any order
-    ("(x+1)(x-1)", "(x-1)(x+1)"), ("(x-2)(x+3)", "(x+3)(x-2)"), ("(2a+b)(a-b)", "(a-b)(2a+b)"),
-    # mixed numbers
-    (r"2\frac{1}{2}", r"\frac{5}{2}"), (r"1\frac{1}{4}", "1.25"), (r"3\frac{2}{3}", r"\frac{11}{3}"),
-    # fractions in all spellings
-    (r"\dfrac{1}{2}", "1/2"), (r"\tfrac12", "0.5"), (r"\frac{1}{2}", r"\frac12"), (r"\dfrac{3}{4}", "0.75"),
-    ("-1/2", r"-\frac{1}{2}"), (r"\frac{-1}{2}", r"-\tfrac12"), (r"\frac{\sqrt{3}}{2}", r"\frac{1}{2}\sqrt{3}"),
-    # unordered solution sets, intervals and unions
-    (r"\{1,2\}", r"\{2,1\}"), (r"\{-2, 3\}", r"\{3,-2\}"), ("2, -2", "-2, 2"), (r"\pm 2", "2, -2"),
-    ("[-2,7)", "[-2, 7)"), (r"(-\infty, 3]", r"(-\infty,3]"), (r"\left[ 1, 2 \right)", "[1,2)"),
-    (r"(-\infty,-2) \cup (-2, \infty)", r"(-\infty,-2)\cup(-2,\infty)"),
-    # degrees, units, percentages
-    (r"30^\circ", "30"), (r"90^{\circ}", "90"), ("90°", "90"), (r"5\text{ cm}", "5"), (r"8\text{ inches}", "8"),
-    (r"16\text{ square units}", "16"), (r"5\sqrt{2}\text{ cm}", r"5\sqrt2"), ("5,000 dollars", "5000"),
-    (r"10,\!000", "10000"), (r"45\%", "45"), (r"12.5\%", r"12.5"),
-    # matrices and vectors
-    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
-    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}"),
-    (r"\begin{pmatrix} 1/2 \\ -3 \end{pmatrix}", r"\begin{pmatrix} \frac12 \\ -3 \end{pmatrix}"),
-    # \text{} answers
-    (r"\text{(C)}", "C"), (r"\textbf{Sunday}", r"\text{Sunday}"), (r"\text{even}", "even"), (r"\mbox{odd}", "odd"),
-    # ordered pairs and tuples
-    ("(2, 3)", r"\left(2,3\right)"), (r"(1, \frac{1}{2})", "(1, 0.5)"), (r"(-1, 2, \sqrt{3})", r"(-1,2,\sqrt3)"),
-])
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        (r"\dfrac{9}{7}", r"\frac97"),
+        ("0.5", r"\frac{1}{2}"),
+        ("1/2", r"\frac{1}{2}"),
+        (r"x \in [-2,7]", "[-2, 7]"),
+        (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\pi/2)"),
+        (r"90^\circ", "90"),
+        ("42 inches", "42"),
+        (r"\text{Evelyn}", "Evelyn"),
+        (r"3\sqrt{13}", r"\sqrt{117}"),
+        ("p - q", "-q+p"),
+        ("4,6,14,15", "4, 6, 14, 15"),
+        ("1,000", "1000"),
+        (r"\$18.90", "18.9"),
+        (r"10\%", "10"),
+        ("x=5", "5"),
+        (r"-\frac{1}{8}", "-0.125"),
+        (r"\frac{x+2}{7}", r"\frac{x}{7}+\frac{2}{7}"),
+        ("2^{10}", "1024"),
+        ("187.5", r"\frac{375}{2}"),
+        ("5.", "5"),
+        # factorised polynomials in any order
+        ("(x+1)(x-1)", "(x-1)(x+1)"),
+        ("(x-2)(x+3)", "(x+3)(x-2)"),
+        ("(2a+b)(a-b)", "(a-b)(2a+b)"),
+        # mixed numbers
+        (r"2\frac{1}{2}", r"\frac{5}{2}"),
+        (r"1\frac{1}{4}", "1.25"),
+        (r"3\frac{2}{3}", r"\frac{11}{3}"),
+        # fractions in all spellings
+        (r"\dfrac{1}{2}", "1/2"),
+        (r"\tfrac12", "0.5"),
+        (r"\frac{1}{2}", r"\frac12"),
+        (r"\dfrac{3}{4}", "0.75"),
+        ("-1/2", r"-\frac{1}{2}"),
+        (r"\frac{-1}{2}", r"-\tfrac12"),
+        (r"\frac{\sqrt{3}}{2}", r"\frac{1}{2}\sqrt{3}"),
+        # unordered solution sets, intervals and unions
+        (r"\{1,2\}", r"\{2,1\}"),
+        (r"\{-2, 3\}", r"\{3,-2\}"),
+        ("2, -2", "-2, 2"),
+        (r"\pm 2", "2, -2"),
+        ("[-2,7)", "[-2, 7)"),
+        (r"(-\infty, 3]", r"(-\infty,3]"),
+        (r"\left[ 1, 2 \right)", "[1,2)"),
+        (r"(-\infty,-2) \cup (-2, \infty)", r"(-\infty,-2)\cup(-2,\infty)"),
+        # degrees, units, percentages
+        (r"30^\circ", "30"),
+        (r"90^{\circ}", "90"),
+        ("90°", "90"),
+        (r"5\text{ cm}", "5"),
+        (r"8\text{ inches}", "8"),
+        (r"16\text{ square units}", "16"),
+        (r"5\sqrt{2}\text{ cm}", r"5\sqrt2"),
+        ("5,000 dollars", "5000"),
+        (r"10,\!000", "10000"),
+        (r"45\%", "45"),
+        (r"12.5\%", r"12.5"),
+        # matrices and vectors
+        (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+        (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}"),
+        (r"\begin{pmatrix} 1/2 \\ -3 \end{pmatrix}", r"\begin{pmatrix} \frac12 \\ -3 \end{pmatrix}"),
+        # \text{} answers
+        (r"\text{(C)}", "C"),
+        (r"\textbf{Sunday}", r"\text{Sunday}"),
+        (r"\text{even}", "even"),
+        (r"\mbox{odd}", "odd"),
+        # ordered pairs and tuples
+        ("(2, 3)", r"\left(2,3\right)"),
+        (r"(1, \frac{1}{2})", "(1, 0.5)"),
+        (r"(-1, 2, \sqrt{3})", r"(-1,2,\sqrt3)"),
+    ],
+)
 def test_math_equivalent(a, b):
     assert is_equiv(a, b) and is_equiv(b, a)
 
 
-@pytest.mark.parametrize("a,b", [
-    ("[-2,7)", "[-2,7]"), ("(3, 1.5708)", r"(3,\frac{\pi}{2})"), (r"\text{Evelyn}", "Bob"), ("q-p", "p - q"),
-    ("4,6,14,15", "4,6,14"), (r"\pi", "3.14159"), ("__import__('os').getcwd()", "1"), ("2^{99999}", "1"),
-    (None, "1"), ("", "1"), ("(x+1)(x-1)", "(x+1)(x+1)"), (r"2\frac{1}{2}", "1"), (r"2\frac{1}{2}", r"\frac{2}{2}"),
-    (r"\frac{1}{2}", "2"), (r"\{1,2\}", r"\{1,2,3\}"), ("(1,2]", "(1,2)"), (r"(-\infty, 3]", r"(-\infty, 3)"),
-    (r"30^\circ", "60"), (r"5\text{ cm}", "6"), (r"10\%", "20"),
-    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}2\\1\end{pmatrix}"), (r"\text{B}", "C"),
-    (r"\text{Evelyn}", r"\text{Nevely}"), ("(1,2)", "(2,1)"), ("(2,3,4)", "(2,4,3)"), ("(1, 2)", "(1, 2, 3)"),
-])
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        ("[-2,7)", "[-2,7]"),
+        ("(3, 1.5708)", r"(3,\frac{\pi}{2})"),
+        (r"\text{Evelyn}", "Bob"),
+        ("q-p", "p - q"),
+        ("4,6,14,15", "4,6,14"),
+        (r"\pi", "3.14159"),
+        ("__import__('os').getcwd()", "1"),
+        ("2^{99999}", "1"),
+        (None, "1"),
+        ("", "1"),
+        ("(x+1)(x-1)", "(x+1)(x+1)"),
+        (r"2\frac{1}{2}", "1"),
+        (r"2\frac{1}{2}", r"\frac{2}{2}"),
+        (r"\frac{1}{2}", "2"),
+        (r"\{1,2\}", r"\{1,2,3\}"),
+        ("(1,2]", "(1,2)"),
+        (r"(-\infty, 3]", r"(-\infty, 3)"),
+        (r"30^\circ", "60"),
+        (r"5\text{ cm}", "6"),
+        (r"10\%", "20"),
+        (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}2\\1\end{pmatrix}"),
+        (r"\text{B}", "C"),
+        (r"\text{Evelyn}", r"\text{Nevely}"),
+        ("(1,2)", "(2,1)"),
+        ("(2,3,4)", "(2,4,3)"),
+        ("(1, 2)", "(1, 2, 3)"),
+    ],
+)
 def test_math_not_equivalent(a, b):
     assert not is_equiv(a, b) and not is_equiv(b, a)
 
 
 def test_math_equivalence_never_evaluates_text_and_keeps_its_time_limit(monkeypatch):
-    import sympy.parsing.sympy_parser as sp
     import time
 
     import math_verify.parser as mvp
+    import sympy.parsing.sympy_parser as sp
 
     # sympy's parse_expr runs eval on its input: it may only ever see number literals the LaTeX
     # grammar has already lexed (latex2sympy2 builds sympy.Number from them), never an answer's text
@@ -158,13 +229,23 @@ def test_math500_answer_must_match_boxed(tmp_path):
 
 # ---- GLUE
 
+
 def test_glue_loads_every_sample_layout():
     from srlm.data.glue import available_glue_tasks
 
     root = str(SAMPLES / "glue")
     found = available_glue_tasks(root)
-    assert set(found) == {"glue-cola", "glue-sst2", "glue-mrpc", "glue-qqp", "glue-stsb", "glue-mnli", "glue-qnli",
-                          "glue-rte", "glue-wnli"}
+    assert set(found) == {
+        "glue-cola",
+        "glue-sst2",
+        "glue-mrpc",
+        "glue-qqp",
+        "glue-stsb",
+        "glue-mnli",
+        "glue-qnli",
+        "glue-rte",
+        "glue-wnli",
+    }
     cola = get_task("glue-cola").load(data=root)
     assert len(cola) == 41 and cola[0].answer == "yes" and cola[0].prompt.startswith("The sailors rode")  # no header
     mrpc = get_task("glue-mrpc").load(data=root)  # byte-order mark before the header
@@ -185,12 +266,28 @@ def test_glue_loads_every_sample_layout():
 
 
 def test_glue_mnli_official_16_column_tsv(tmp_path):
-    cols = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "label2", "label3", "label4",
-            "label5", "gold_label"]
-    rows = [["0", "1", "1n", "gov", "(", "(", "(", "(", "P one.", "H one.", "neutral", "x", "x", "x", "x", "neutral"],
-            ["1", "2", "2e", "gov", "(", "(", "(", "(", "P two.", "H two.", "entailment", "x", "x", "x", "x",
-             "entailment"]]
+    cols = [
+        "index",
+        "promptID",
+        "pairID",
+        "genre",
+        "sentence1_binary_parse",
+        "sentence2_binary_parse",
+        "sentence1_parse",
+        "sentence2_parse",
+        "sentence1",
+        "sentence2",
+        "label1",
+        "label2",
+        "label3",
+        "label4",
+        "label5",
+        "gold_label",
+    ]
+    rows = [
+        ["0", "1", "1n", "gov", "(", "(", "(", "(", "P one.", "H one.", "neutral", "x", "x", "x", "x", "neutral"],
+        ["1", "2", "2e", "gov", "(", "(", "(", "(", "P two.", "H two.", "entailment", "x", "x", "x", "x", "entailment"],
+    ]
     d = tmp_path / "MNLI"
     d.mkdir()
     (d / "dev_mismatched.tsv").write_text("\n".join("\t".join(r) for r in [cols] + rows) + "\n", encoding="utf-8")
@@ -216,6 +313,7 @@ def test_glue_errors_and_generation_extract(tmp_path):
 
 
 # ---- SQuAD
+
 
 def test_squad_loads_v1_and_v2():
     v1 = get_task("squad").load(data=str(SAMPLES / "squad" / "dev-v1.1-sample.json"))

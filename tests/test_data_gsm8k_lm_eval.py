@@ -19,23 +19,71 @@ SAMPLES = Path(__file__).resolve().parent / "data"
 
 # (model output, gold number after ####) — the issue's cases first, then more ways to differ
 CASES = [
-    ("The answer is 72.", "72"), ("####72", "72"), ("#### $72", "72"), ("#### 5.00", "5"),
-    ("The answer is 72...", "72"), ("72. That's it...", "72"), ("we get .5", "0.5"),
-    ("#### 72", "72"), ("#### 72.", "72"), ("#### 1,000", "1000"), ("#### 1000", "1,000"), ("#### -3", "-3"),
-    ("#### - 3", "-3"), ("#### \u22123", "-3"), ("#### 72\n#### 73", "72"), ("#### 73\n#### 72", "72"),
-    ("#### 72 apples", "72"), ("#### 72 and then 5", "72"), ("The total is 70 + 2 = 72", "72"), ("72", "72"),
-    ("7", "7"), ("", "72"), ("no numbers here", "72"), ("$72", "72"), ("$72.00", "72"), ("72.0", "72"),
-    ("It costs $1,000.50", "1000.50"), ("#### 72\n\nQuestion: next one", "72"), ("The answer is: 72", "72"),
-    ("#### 72,000", "72000"), ("#### 072", "72"), ("#### 72%", "72"), ("Answer: 72 dollars.", "72"),
-    ("48 + 24 = 72 clips. The answer is 72. 10", "72"), ("\\boxed{72}", "72"), ("#### \\$72", "72"),
-    ("####  72", "72"), ("#### 7 2", "72"), ("1. First step\n2. Second\n#### 72", "72"), ("#### 3.5", "3.5"),
-    ("The answer is 72.\n", "72"), ("so 72.\n\n", "72"), ("-72", "-72"), ("#### -0.5", "-0.5"),
-    ("The answer is 72.5.", "72.5"), ("#### 72.50", "72.5"), ("#### 1e3", "1000"), ("THE ANSWER IS 72.", "72"),
-    ("The answer is $72.", "72"), ("#### 72\r\n", "72"), ("#### ,72", "72"), ("#### 72,", "72"),
-    ("#### 7.2.1", "72"), ("24 + 48 = 72 so 72 clips, costing $3.50", "72"), ("The answer is 72", "72"),
-    ("The answer is -4.", "-4"), ("The answer is 1,200.", "1200"), ("...so the answer is 18 dollars.", "18"),
-    ("#### 18\nThe answer is 20.", "18"), ("The answer is 20.\n#### 18", "18"), ("#### 0", "0"),
-    ("#### 00", "0"), ("$.", "0"), ("#### 72 #### 72", "72"), ("The answer is 72.0.", "72"),
+    ("The answer is 72.", "72"),
+    ("####72", "72"),
+    ("#### $72", "72"),
+    ("#### 5.00", "5"),
+    ("The answer is 72...", "72"),
+    ("72. That's it...", "72"),
+    ("we get .5", "0.5"),
+    ("#### 72", "72"),
+    ("#### 72.", "72"),
+    ("#### 1,000", "1000"),
+    ("#### 1000", "1,000"),
+    ("#### -3", "-3"),
+    ("#### - 3", "-3"),
+    ("#### \u22123", "-3"),
+    ("#### 72\n#### 73", "72"),
+    ("#### 73\n#### 72", "72"),
+    ("#### 72 apples", "72"),
+    ("#### 72 and then 5", "72"),
+    ("The total is 70 + 2 = 72", "72"),
+    ("72", "72"),
+    ("7", "7"),
+    ("", "72"),
+    ("no numbers here", "72"),
+    ("$72", "72"),
+    ("$72.00", "72"),
+    ("72.0", "72"),
+    ("It costs $1,000.50", "1000.50"),
+    ("#### 72\n\nQuestion: next one", "72"),
+    ("The answer is: 72", "72"),
+    ("#### 72,000", "72000"),
+    ("#### 072", "72"),
+    ("#### 72%", "72"),
+    ("Answer: 72 dollars.", "72"),
+    ("48 + 24 = 72 clips. The answer is 72. 10", "72"),
+    ("\\boxed{72}", "72"),
+    ("#### \\$72", "72"),
+    ("####  72", "72"),
+    ("#### 7 2", "72"),
+    ("1. First step\n2. Second\n#### 72", "72"),
+    ("#### 3.5", "3.5"),
+    ("The answer is 72.\n", "72"),
+    ("so 72.\n\n", "72"),
+    ("-72", "-72"),
+    ("#### -0.5", "-0.5"),
+    ("The answer is 72.5.", "72.5"),
+    ("#### 72.50", "72.5"),
+    ("#### 1e3", "1000"),
+    ("THE ANSWER IS 72.", "72"),
+    ("The answer is $72.", "72"),
+    ("#### 72\r\n", "72"),
+    ("#### ,72", "72"),
+    ("#### 72,", "72"),
+    ("#### 7.2.1", "72"),
+    ("24 + 48 = 72 so 72 clips, costing $3.50", "72"),
+    ("The answer is 72", "72"),
+    ("The answer is -4.", "-4"),
+    ("The answer is 1,200.", "1200"),
+    ("...so the answer is 18 dollars.", "18"),
+    ("#### 18\nThe answer is 20.", "18"),
+    ("The answer is 20.\n#### 18", "18"),
+    ("#### 0", "0"),
+    ("#### 00", "0"),
+    ("$.", "0"),
+    ("#### 72 #### 72", "72"),
+    ("The answer is 72.0.", "72"),
 ]
 
 
@@ -50,8 +98,10 @@ def _lm_eval_task(name: str, train: Path, test: Path, cache: Path):
 
     cfg = yaml.safe_load((files("lm_eval") / "tasks" / "gsm8k" / f"{name}.yaml").read_text(encoding="utf-8"))
     cfg.pop("dataset_name", None)
-    cfg.update(dataset_path="json", dataset_kwargs={"data_files": {"train": str(train), "test": str(test)},
-                                                    "cache_dir": str(cache)})
+    cfg.update(
+        dataset_path="json",
+        dataset_kwargs={"data_files": {"train": str(train), "test": str(test)}, "cache_dir": str(cache)},
+    )
     task = ConfigurableTask(config=cfg)
     task.set_fewshot_seed(1234)  # what lm_eval.evaluator does with its default fewshot_random_seed
     task.build_all_requests(limit=None)
@@ -71,13 +121,15 @@ def gsm_dir(tmp_path_factory):
 def test_lm_eval_reference_version_is_the_one_installed():
     assert lm_eval.__version__ == LM_EVAL_REFERENCE, (
         f"srlm's GSM8K metrics and prompts mirror lm-eval {LM_EVAL_REFERENCE} (the test extra pins it); with "
-        f"{lm_eval.__version__}, check these tests pass, then move LM_EVAL_REFERENCE and the pin")
+        f"{lm_eval.__version__}, check these tests pass, then move LM_EVAL_REFERENCE and the pin"
+    )
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "gsm8k_cot"])
 def test_prompts_and_stops_equal_lm_evals(name, gsm_dir, tmp_path):
-    ref = _lm_eval_task("gsm8k" if name == "gsm8k" else "gsm8k-cot", gsm_dir / "train.jsonl",
-                        gsm_dir / "test.jsonl", tmp_path / "cache")
+    ref = _lm_eval_task(
+        "gsm8k" if name == "gsm8k" else "gsm8k-cot", gsm_dir / "train.jsonl", gsm_dir / "test.jsonl", tmp_path / "cache"
+    )
     task = get_task("gsm8k")
     st = setup(task, prompt=name)
     examples = st.task.load(split="test", data=str(gsm_dir))
@@ -99,9 +151,12 @@ def test_chat_template_prompt_is_lm_evals_single_turn(gsm_dir, tmp_path):
     ref = _lm_eval_task("gsm8k", gsm_dir / "train.jsonl", gsm_dir / "test.jsonl", tmp_path / "cache")
     ref.set_fewshot_seed(1234)
     docs = list(ref.test_docs())
-    theirs = [ref.fewshot_context(d, 5, apply_chat_template=True,
-                                  chat_template=lambda msgs, add_generation_prompt=True: json.dumps(msgs))
-              for d in docs]
+    theirs = [
+        ref.fewshot_context(
+            d, 5, apply_chat_template=True, chat_template=lambda msgs, add_generation_prompt=True: json.dumps(msgs)
+        )
+        for d in docs
+    ]
     st = setup(get_task("gsm8k"), prompt="gsm8k", chat=True)
     examples = st.task.load(split="test", data=str(gsm_dir))
     shots = select_shots(st, examples, st.task.load(split="train", data=str(gsm_dir)))
@@ -125,8 +180,9 @@ def test_strict_and_flexible_verdicts_equal_lm_evals_on_tricky_outputs(name, gsm
     with open(d / "test.jsonl", "w", encoding="utf-8") as f:
         for i, (_, gold) in enumerate(CASES):
             f.write(json.dumps({"question": f"Question {i}?", "answer": _answer(gold)}) + "\n")
-    ref = _lm_eval_task("gsm8k" if name == "gsm8k" else "gsm8k-cot", d / "train.jsonl", d / "test.jsonl",
-                        tmp_path / "cache")
+    ref = _lm_eval_task(
+        "gsm8k" if name == "gsm8k" else "gsm8k-cot", d / "train.jsonl", d / "test.jsonl", tmp_path / "cache"
+    )
     for inst in ref.instances:
         inst.resps = [CASES[inst.doc_id][0]]
     ref.apply_filters()
@@ -155,8 +211,10 @@ def test_issue_cases_are_wrong_for_strict_match_and_right_for_srlms_lenient_accu
     ex = task.load(split="test", data=str(gsm_dir), limit=1)[0]
     gold = ex.answer
     lenient_only = [f"The answer is {gold}.", f"####{gold}", f"#### ${gold}", f"#### {gold}.00"]
-    recs = [{"output": o, "gold": gold, "meta": ex.meta, "correct": task.is_correct(task.extract(o), ex)}
-            for o in lenient_only]
+    recs = [
+        {"output": o, "gold": gold, "meta": ex.meta, "correct": task.is_correct(task.extract(o), ex)}
+        for o in lenient_only
+    ]
     m = task.metrics(recs)
     assert m["accuracy"] == 1.0 and m["exact_match,strict-match"] == 0.0
 

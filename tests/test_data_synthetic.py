@@ -155,7 +155,7 @@ def test_scratchpads_are_right_for_random_operands():
 
     rng = random.Random(0)
     for _ in range(300):
-        a, b = rng.randint(0, 10**rng.randint(1, 5)), rng.randint(0, 10**rng.randint(1, 4))
+        a, b = rng.randint(0, 10 ** rng.randint(1, 5)), rng.randint(0, 10 ** rng.randint(1, 4))
         for op in "+-*":
             x, y = (max(a, b), min(a, b)) if op == "-" else (a, b)
             lines = calc_steps(x, op, y)
@@ -235,22 +235,25 @@ def test_countdown_checker_accepts_any_valid_expression():
     assert check_countdown("3 * 3", [3, 3, 5], 9)  # a number given twice may be used twice
 
 
-@pytest.mark.parametrize("expr", [
-    "3 * 3",                 # reuse of a number given once
-    "25 + 4",                # unknown number
-    "25 / 2 * 2",            # non-exact division
-    "7 / (3 - 3)",           # division by zero (and reuse)
-    "__import__('os')",      # code
-    "__import__('os').system('echo hi')",
-    "2 ** 3",                # power
-    "-2 + 3",                # unary minus
-    "+7",                    # unary plus
-    "7 if 1 else 2",
-    "x + 7",
-    "(" * 300 + "7" + ")" * 300,  # too long / too deep
-    "7.0",
-    "",
-])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "3 * 3",  # reuse of a number given once
+        "25 + 4",  # unknown number
+        "25 / 2 * 2",  # non-exact division
+        "7 / (3 - 3)",  # division by zero (and reuse)
+        "__import__('os')",  # code
+        "__import__('os').system('echo hi')",
+        "2 ** 3",  # power
+        "-2 + 3",  # unary minus
+        "+7",  # unary plus
+        "7 if 1 else 2",
+        "x + 7",
+        "(" * 300 + "7" + ")" * 300,  # too long / too deep
+        "7.0",
+        "",
+    ],
+)
 def test_countdown_checker_rejects(expr):
     assert countdown_value(expr, [2, 3, 7, 25]) is None
     assert not check_countdown(expr, [2, 3, 7, 25], 9)
@@ -282,8 +285,13 @@ def test_tasks_registered_and_metrics_per_difficulty():
     assert m["accuracy"] == pytest.approx(0.5) and m["n"] == 6
     assert m["accuracy@d1"] == 1.0 and m["accuracy@d2"] == 0.0 and m["n@d1"] == 3
     other = get_task("synth-gsm")
-    m2 = other.metrics([{"correct": True, "meta": {"difficulty": 4}}, {"correct": False, "difficulty": 4},
-                        {"correct": True, "example": exs[0]}])
+    m2 = other.metrics(
+        [
+            {"correct": True, "meta": {"difficulty": 4}},
+            {"correct": False, "difficulty": 4},
+            {"correct": True, "example": exs[0]},
+        ]
+    )
     assert m2["accuracy@d4"] == 0.5 and m2["accuracy@d1"] == 1.0
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import srlm
+from srlm.commands import eval as cli
 from srlm.data.tasks import SAMPLERS, get_task
 from srlm.errors import SrlmError
-from srlm.commands import eval as cli
 from srlm.eval import run as eval_run
 from srlm.eval.harness import Backend, evaluate
 
@@ -102,11 +102,17 @@ def test_chat_prompts_are_message_lists():
     assert p[-1]["content"] == ex[0].prompt  # the default chat template is the bare question
     assert be.calls[0][4] is None and m["accuracy"] == 1.0
     m, recs = evaluate(task, ex[:2], be, prompt="chat-boxed", progress=False)  # chat-only: chat is implied
-    assert recs[0]["prompt"] == [{"role": "user", "content": ex[0].prompt + "\n\nPlease reason step by step, "
-                                  "and put your final answer within \\boxed{}."}]
+    assert recs[0]["prompt"] == [
+        {
+            "role": "user",
+            "content": ex[0].prompt + "\n\nPlease reason step by step, and put your final answer within \\boxed{}.",
+        }
+    ]
     assert be.calls[-1][2] == 512 and be.calls[-1][4] is None
     m, recs = evaluate(task, ex[:2], be, prompt="chat", progress=False)
-    assert recs[0]["prompt"][0]["content"].endswith('write your final answer as a number after "####" on the last line.')
+    assert recs[0]["prompt"][0]["content"].endswith(
+        'write your final answer as a number after "####" on the last line.'
+    )
     m, recs = evaluate(task, ex[:2], be, prompt="gsm8k", chat=True, shots=1, shot_pool=_gsm_pool(), progress=False)
     assert recs[0]["prompt"][0]["content"].startswith("Question: ") and len(recs[0]["prompt"]) == 1
     assert be.calls[-1][4] == ["Question:", "</s>", "<|im_end|>"]  # a text template keeps its stops under chat
@@ -182,8 +188,22 @@ def test_cli_writes_metrics_records_and_protocol_cards(tmp_path, gsm_dir, monkey
     backend.logliks = lambda ctx, cont: 0.0 if cont == " " + glue.get(ctx, "?") else -2.0
     monkeypatch.setattr(eval_run, "make_backend", lambda *a, **k: backend)
     out = tmp_path / "res" / "m.json"
-    args = _args(tmp_path, argv=["--task", "gsm8k,glue", "--data", f"gsm8k={gsm_dir}", "--data", f"glue={SAMPLES / 'glue'}",
-                                 "--limit", "5", "--out", str(out), "--no-progress"])
+    args = _args(
+        tmp_path,
+        argv=[
+            "--task",
+            "gsm8k,glue",
+            "--data",
+            f"gsm8k={gsm_dir}",
+            "--data",
+            f"glue={SAMPLES / 'glue'}",
+            "--limit",
+            "5",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert cli.main(args) == 0
     res = json.loads(out.read_text())
     g = res["tasks"]["gsm8k"]
@@ -195,15 +215,25 @@ def test_cli_writes_metrics_records_and_protocol_cards(tmp_path, gsm_dir, monkey
 
     card = res["protocol"]["gsm8k"]
     test_file, train_file = gsm_dir / "test.jsonl", gsm_dir / "train.jsonl"
-    assert card["data"] == {"file": str(test_file), "sha256": hashlib.sha256(test_file.read_bytes()).hexdigest(),
-                            "records": 8, "evaluated": 5}
+    assert card["data"] == {
+        "file": str(test_file),
+        "sha256": hashlib.sha256(test_file.read_bytes()).hexdigest(),
+        "records": 8,
+        "evaluated": 5,
+    }
     assert card["prompt"]["name"] == "gsm8k" and "lm-evaluation-harness" in card["prompt"]["reference"]
     assert card["shots"]["n"] == 5 and card["shots"]["sampler"] == "lm-eval" and card["shots"]["records"] == 22
     assert card["shots"]["file"] == str(train_file)
     assert card["shots"]["sha256"] == hashlib.sha256(train_file.read_bytes()).hexdigest()
     assert card["chat_template"] is False
-    assert card["generation"] == {"scoring": "generate", "temperature": 0.0, "samples": 1, "max_new_tokens": 256,
-                                  "stop": ["Question:", "</s>", "<|im_end|>"], "seed": 0}
+    assert card["generation"] == {
+        "scoring": "generate",
+        "temperature": 0.0,
+        "samples": 1,
+        "max_new_tokens": 256,
+        "stop": ["Question:", "</s>", "<|im_end|>"],
+        "seed": 0,
+    }
     assert set(card["metrics"]) == {"exact_match,strict-match", "exact_match,flexible-extract", "accuracy"}
     assert card["versions"]["srlm"] == srlm.__version__ and "lm-evaluation-harness" in card["versions"]
     assert card["wall_time_s"] >= 0 and card["model"]["path"] == str(tmp_path / "ckpt")
@@ -223,8 +253,9 @@ def test_cli_few_shot_examples_never_come_from_the_evaluated_split(tmp_path, gsm
     test, train = gsm_dir / "test.jsonl", gsm_dir / "train.jsonl"
 
     def run(*argv):
-        return cli.run(_args(tmp_path, argv=["--task", "gsm8k", "--out", str(tmp_path / "e.json"), "--no-progress",
-                                             *argv]))
+        return cli.run(
+            _args(tmp_path, argv=["--task", "gsm8k", "--out", str(tmp_path / "e.json"), "--no-progress", *argv])
+        )
 
     with pytest.raises(SrlmError, match=r"one file, the evaluated test split; .*--shot-data, or use --shots 0"):
         run("--data", str(test), "--shots", "8")  # the README's old example
@@ -245,8 +276,12 @@ def test_cli_few_shot_examples_never_come_from_the_evaluated_split(tmp_path, gsm
     res = run("--data", str(test), "--shot-data", str(train), "--shots", "3")
     assert res["protocol"]["gsm8k"]["shots"]["file"] == str(train) and res["tasks"]["gsm8k"]["accuracy"] == 1.0
     res = run("--data", str(test), "--prompt", "gsm8k_cot")
-    assert res["protocol"]["gsm8k"]["shots"] == {"n": 8, "sampler": "fixed", "selection": SAMPLERS["fixed"],
-                                                 "from": "the gsm8k_cot template's exemplars"}
+    assert res["protocol"]["gsm8k"]["shots"] == {
+        "n": 8,
+        "sampler": "fixed",
+        "selection": SAMPLERS["fixed"],
+        "from": "the gsm8k_cot template's exemplars",
+    }
     res = run("--data", str(test), "--shots", "0")
     assert res["protocol"]["gsm8k"]["shots"] == {"n": 0}
     res = run("--data", str(test), "--chat")  # chat: the bare question, zero-shot, as the recipe runner evaluates
@@ -293,15 +328,36 @@ def test_srlm_eval_end_to_end_on_a_tiny_checkpoint(tmp_path, gsm_dir, capsys):
     from srlm.model import CausalLM, preset, save
     from srlm.tokenizer import train_bpe
 
-    tok = train_bpe(["Question: Tom has 12 apples and eats 3. How many are left?\nAnswer: 12 - 3 = 9\n#### 9"] * 30,
-                    vocab_size=300)
+    tok = train_bpe(
+        ["Question: Tom has 12 apples and eats 3. How many are left?\nAnswer: 12 - 3 = 9\n#### 9"] * 30, vocab_size=300
+    )
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny"
     save(CausalLM(preset("tiny", vocab_size=tok.vocab_size)).eval(), ckpt, tokenizer=tok)
     for prompt, extra in (("gsm8k", ["--shots", "0"]), ("chat-boxed", [])):  # short prompts: a tiny CPU model
-        assert srlm_main(["eval", str(ckpt), "--task", "gsm8k", "--data", str(gsm_dir), "--prompt", prompt, "--limit",
-                          "2", "--max-new-tokens", "4", "--no-progress", "--out", str(tmp_path / f"{prompt}.json"),
-                          *extra]) == 0
+        assert (
+            srlm_main(
+                [
+                    "eval",
+                    str(ckpt),
+                    "--task",
+                    "gsm8k",
+                    "--data",
+                    str(gsm_dir),
+                    "--prompt",
+                    prompt,
+                    "--limit",
+                    "2",
+                    "--max-new-tokens",
+                    "4",
+                    "--no-progress",
+                    "--out",
+                    str(tmp_path / f"{prompt}.json"),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         res = json.loads((tmp_path / f"{prompt}.json").read_text())
         card = res["protocol"]["gsm8k"]
         assert card["prompt"]["name"] == prompt and card["data"]["evaluated"] == 2 and res["tasks"]["gsm8k"]["n"] == 2

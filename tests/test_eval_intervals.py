@@ -26,7 +26,9 @@ def test_paired_difference_is_the_normal_interval_of_the_paired_means():
     mean = sum(diffs) / len(diffs)
     sem = stats.sem(diffs)
     assert d["n"] == 600 and d["diff"] == pytest.approx(mean)
-    assert d["low"] == pytest.approx(mean - 1.959963984540054 * sem) and d["high"] == pytest.approx(mean + 1.96 * sem, abs=1e-4)
+    assert d["low"] == pytest.approx(mean - 1.959963984540054 * sem) and d["high"] == pytest.approx(
+        mean + 1.96 * sem, abs=1e-4
+    )
     assert d["low"] > 0  # a real gain of ~10 points on 600 problems is resolved
     same = paired_difference(a, a)
     assert same["diff"] == 0 and same["low"] == 0 and same["high"] == 0

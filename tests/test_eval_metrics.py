@@ -28,7 +28,8 @@ def test_classification_metrics_match_sklearn(seed):
     assert M.accuracy(t, p) == pytest.approx(skm.accuracy_score(t, p), abs=1e-12)
     assert M.matthews_corrcoef(t, p) == pytest.approx(skm.matthews_corrcoef(t, p), abs=1e-9)
     assert M.f1_binary(t, p, positive=1) == pytest.approx(
-        skm.f1_score(t, p, labels=[1], average="micro", zero_division=0), abs=1e-9)
+        skm.f1_score(t, p, labels=[1], average="micro", zero_division=0), abs=1e-9
+    )
 
 
 def test_degenerate_classification_cases():
@@ -41,8 +42,8 @@ def test_degenerate_classification_cases():
 @pytest.mark.parametrize("seed", range(5))
 def test_correlations_match_scipy_with_ties(seed):
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 6, 40).astype(float)           # many ties
-    y = x + rng.integers(-2, 3, 40) * 0.5               # ties in y too
+    x = rng.integers(0, 6, 40).astype(float)  # many ties
+    y = x + rng.integers(-2, 3, 40) * 0.5  # ties in y too
     assert M.pearson(x, y) == pytest.approx(sps.pearsonr(x, y)[0], abs=1e-9)
     assert M.spearman(x, y) == pytest.approx(sps.spearmanr(x, y)[0], abs=1e-9)
     np.testing.assert_allclose(M.rankdata(x), sps.rankdata(x))
@@ -80,9 +81,14 @@ def test_majority_vote_ties_go_to_first_seen():
 
 
 def test_glue_score_averages_within_tasks_and_mnli():
-    res = {"glue-cola": {"mcc": 0.4, "accuracy": 0.9}, "glue-mrpc": {"f1": 0.8, "accuracy": 0.6},
-           "glue-stsb": {"pearson": 0.5, "spearman": 0.7}, "glue-mnli": {"accuracy": 0.8},
-           "glue-mnli-mm": {"accuracy": 0.6}, "gsm8k": {"accuracy": 1.0}}
+    res = {
+        "glue-cola": {"mcc": 0.4, "accuracy": 0.9},
+        "glue-mrpc": {"f1": 0.8, "accuracy": 0.6},
+        "glue-stsb": {"pearson": 0.5, "spearman": 0.7},
+        "glue-mnli": {"accuracy": 0.8},
+        "glue-mnli-mm": {"accuracy": 0.6},
+        "gsm8k": {"accuracy": 1.0},
+    }
     g = M.glue_score(res)
     assert g["tasks"] == 4
     assert g["glue-mrpc_score"] == pytest.approx(0.7)
@@ -92,6 +98,7 @@ def test_glue_score_averages_within_tasks_and_mnli():
 
 
 # ---- the official SQuAD evaluation scripts, re-typed as references -------------------------
+
 
 def _off_normalize(s):
     def remove_articles(text):
@@ -164,9 +171,17 @@ def _off_v2(dataset, preds):
 def _perturbed_predictions(dataset):
     """A spread of predictions: exact, partial, articles/punctuation/case, unicode, empty, wrong."""
     preds, i = {}, 0
-    variants = [lambda a: a, lambda a: "The " + a.upper() + "!", lambda a: a.split()[0] if a.split() else "",
-                lambda a: "", lambda a: "naïve café – " + a, lambda a: "unrelated words", lambda a: a + " and more",
-                lambda a: "a an the", lambda a: "  " + a.replace(" ", "   ") + ".  "]
+    variants = [
+        lambda a: a,
+        lambda a: "The " + a.upper() + "!",
+        lambda a: a.split()[0] if a.split() else "",
+        lambda a: "",
+        lambda a: "naïve café – " + a,
+        lambda a: "unrelated words",
+        lambda a: a + " and more",
+        lambda a: "a an the",
+        lambda a: "  " + a.replace(" ", "   ") + ".  ",
+    ]
     for article in dataset:
         for p in article["paragraphs"]:
             for qa in p["qas"]:

@@ -55,7 +55,9 @@ def test_glue_submission_tsv_matches_sklearn(tmp_path):
     # raw labels and label words are accepted too
     rte = get_task("glue-rte")
     rex = rte.load(data=str(SAMPLES / "glue"))
-    f.write_text("".join(f"{e.id}\t{'entailment' if i % 2 else 'False'}\n" for i, e in enumerate(rex)), encoding="utf-8")
+    f.write_text(
+        "".join(f"{e.id}\t{'entailment' if i % 2 else 'False'}\n" for i, e in enumerate(rex)), encoding="utf-8"
+    )
     m, _ = score(rte, rex, f)
     want = sum((e.answer == "True") == bool(i % 2) for i, e in enumerate(rex)) / len(rex)
     assert m["accuracy"] == pytest.approx(want)
@@ -84,8 +86,9 @@ def test_gsm8k_outputs_by_position_and_by_id(tmp_path):
     f.write_text("".join(json.dumps({"output": e.solution if i else "#### 0"}) + "\n" for i, e in enumerate(ex)))
     m, _ = score(task, ex, f)
     assert m["accuracy"] == 0.75 and m["exact_match,strict-match"] == 0.75
-    f.write_text("".join(json.dumps({"id": e.id, "completion": f"The answer is {e.answer}."}) + "\n"
-                         for e in reversed(ex)))
+    f.write_text(
+        "".join(json.dumps({"id": e.id, "completion": f"The answer is {e.answer}."}) + "\n" for e in reversed(ex))
+    )
     assert score(task, ex, f)[0]["accuracy"] == 1.0
     f.write_text(json.dumps({"output": "1"}) + "\n" + "{bad json\n")
     with pytest.raises(SrlmError, match=r"out.jsonl:2"):
@@ -100,8 +103,20 @@ def test_gsm8k_score_follows_the_prompt_the_outputs_were_made_with(tmp_path, cap
     got = {}
     for prompt in ("gsm8k", "gsm8k_cot"):
         out = tmp_path / f"{prompt}.json"
-        argv = ["score", "--task", "gsm8k", "--split", "train", "--data", str(data), "--predictions", str(f),
-                "--allow-missing", "--out", str(out)] + (["--prompt", prompt] if prompt != "gsm8k" else [])
+        argv = [
+            "score",
+            "--task",
+            "gsm8k",
+            "--split",
+            "train",
+            "--data",
+            str(data),
+            "--predictions",
+            str(f),
+            "--allow-missing",
+            "--out",
+            str(out),
+        ] + (["--prompt", prompt] if prompt != "gsm8k" else [])
         assert srlm_main(argv) == 0
         got[prompt] = json.loads(out.read_text())
     n = got["gsm8k"]["metrics"]["n"]
@@ -116,8 +131,19 @@ def test_score_command_line(tmp_path, capsys):
     f = tmp_path / "math.jsonl"
     f.write_text("".join(json.dumps({"id": e.id, "output": f"so \\boxed{{{e.answer}}}"}) + "\n" for e in ex))
     out = tmp_path / "m.json"
-    rc = srlm_main(["score", "--task", "math500", "--data", str(SAMPLES / "math" / "math500_sample.jsonl"),
-                    "--predictions", str(f), "--out", str(out)])
+    rc = srlm_main(
+        [
+            "score",
+            "--task",
+            "math500",
+            "--data",
+            str(SAMPLES / "math" / "math500_sample.jsonl"),
+            "--predictions",
+            str(f),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and json.loads(out.read_text())["metrics"]["accuracy"] == 1.0
     rc = srlm_main(["score", "--task", "nope", "--data", str(f), "--predictions", str(f)])
     assert rc == 1 and "unknown task 'nope'" in capsys.readouterr().err

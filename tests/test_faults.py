@@ -30,6 +30,7 @@ import pytest
 import torch
 
 import srlm.atomic
+from _train_fixtures import TINY_MODEL, make_tokenizer, sft_overrides
 from srlm.atomic import is_temporary
 from srlm.errors import SrlmError
 from srlm.model import CausalLM, load_model, preset, save
@@ -38,12 +39,11 @@ from srlm.train import checkpointing
 from srlm.train.checkpointing import list_checkpoints, verify
 from srlm.train.config import load_config
 
-from _train_fixtures import TINY_MODEL, make_tokenizer, sft_overrides
-
 POINTS = 10  # kill points per stage kind
 
 
 # ----------------------------------------------------------------------------- the killer
+
 
 class Faults:
     """Counts the file-system events of the process it is installed in, and SIGKILLs it at event `kill_at`
@@ -88,6 +88,7 @@ class Faults:
                 f.flush()
                 f.truncate(f.tell() // 2)
                 f.flush()
+
             ev(f"torch.save {getattr(f, 'name', f)}", torn)
             return real_torch_save(obj, f, *a, **k)
 
@@ -95,11 +96,12 @@ class Faults:
             def torn():
                 real_save_file(tensors, filename, *a, **k)
                 os.truncate(filename, os.path.getsize(filename) // 2)
+
             ev(f"save_file {filename}", torn)
             return real_save_file(tensors, filename, *a, **k)
 
         def write_text(self, data, *a, **k):
-            ev(f"write_text {self}", lambda: real_write_text(self, data[:len(data) // 2], *a, **k))
+            ev(f"write_text {self}", lambda: real_write_text(self, data[: len(data) // 2], *a, **k))
             return real_write_text(self, data, *a, **k)
 
         def tok_save(self, path):
@@ -110,7 +112,8 @@ class Faults:
             def torn():
                 with open(path, "a") as f:
                     line = json.dumps(record)
-                    f.write(line[:len(line) // 2])
+                    f.write(line[: len(line) // 2])
+
             ev(f"metrics {path}", torn)
             return real_append(path, record)
 
@@ -181,6 +184,7 @@ def kill_points(trace: list[str], n: int, seed: int) -> list[tuple[int, bool, bo
 
 # ----------------------------------------------------------------------------- what must hold
 
+
 def temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if is_temporary(p.name)]
 
@@ -238,6 +242,7 @@ def kill_and_resume(train, ref: Path, root: Path, seed: int) -> int:
 
 # ----------------------------------------------------------------------------- the stages
 
+
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     return make_tokenizer(tmp_path_factory.mktemp("tok"))
@@ -247,8 +252,25 @@ def sft_train(tok_dir, **extra):
     from srlm.train.sft import SFTConfig, run
 
     def train(out):
-        run(load_config(SFTConfig, None, sft_overrides(out, tok_dir, **{
-            "steps": 8, "save_every": 2, "keep_last": 2, "resume": "auto", "lora": "{enabled: false}", **extra})))
+        run(
+            load_config(
+                SFTConfig,
+                None,
+                sft_overrides(
+                    out,
+                    tok_dir,
+                    **{
+                        "steps": 8,
+                        "save_every": 2,
+                        "keep_last": 2,
+                        "resume": "auto",
+                        "lora": "{enabled: false}",
+                        **extra,
+                    },
+                ),
+            )
+        )
+
     return train
 
 
@@ -261,16 +283,53 @@ def test_kd_killed_anywhere_resumes_to_the_same_run(tmp_path, tok_dir):
 
     tok = Tokenizer.from_dir(tok_dir)
     torch.manual_seed(1)
-    teacher = save(CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96,
-                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                   eos_token_id=tok.eos_token_id)), tmp_path / "teacher", tokenizer=tok)
+    teacher = save(
+        CausalLM(
+            preset(
+                "tiny",
+                vocab_size=tok.vocab_size,
+                hidden_size=48,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                eos_token_id=tok.eos_token_id,
+            )
+        ),
+        tmp_path / "teacher",
+        tokenizer=tok,
+    )
 
     def train(out):
-        run(load_config(KDConfig, None, [f"{k}={v}" for k, v in {
-            "out_dir": out, "tokenizer": tok_dir, "model": "tiny", "model_overrides": TINY_MODEL, "teacher": teacher,
-            "data": "[synth-arith]", "data_options": "{n_train: 32, difficulties: [1]}", "steps": 6,
-            "save_every": 2, "keep_last": 1, "batch_size": 4, "lr": 3e-3, "dtype": "fp32", "num_threads": 1,
-            "log_every": 3, "progress": "false", "max_seq_len": 128, "resume": "auto"}.items()]))
+        run(
+            load_config(
+                KDConfig,
+                None,
+                [
+                    f"{k}={v}"
+                    for k, v in {
+                        "out_dir": out,
+                        "tokenizer": tok_dir,
+                        "model": "tiny",
+                        "model_overrides": TINY_MODEL,
+                        "teacher": teacher,
+                        "data": "[synth-arith]",
+                        "data_options": "{n_train: 32, difficulties: [1]}",
+                        "steps": 6,
+                        "save_every": 2,
+                        "keep_last": 1,
+                        "batch_size": 4,
+                        "lr": 3e-3,
+                        "dtype": "fp32",
+                        "num_threads": 1,
+                        "log_every": 3,
+                        "progress": "false",
+                        "max_seq_len": 128,
+                        "resume": "auto",
+                    }.items()
+                ],
+            )
+        )
 
     assert kill_and_resume(train, tmp_path / "ref", tmp_path, seed=2) >= POINTS
 
@@ -282,12 +341,37 @@ def test_grpo_killed_anywhere_resumes_to_the_same_run(tmp_path, tok_dir, monkeyp
     monkeypatch.setitem(grpo.REWARDS, "parity", lambda text, example, task: float(len(text) % 2))
 
     def train(out):
-        grpo.run(load_config(grpo.GRPOConfig, None, [f"{k}={v}" for k, v in {
-            "out_dir": out, "tokenizer": tok_dir, "model": "tiny", "model_overrides": TINY_MODEL,
-            "task": "synth-arith", "task_options": "{difficulties: [1]}", "num_prompts": 8, "steps": 6,
-            "batch_size": 4, "num_generations": 2, "sampling.max_new_tokens": 8, "num_iterations": 2, "save_every": 3,
-            "keep_last": 2, "rewards": "{parity: 1.0, correct: 1.0}", "dtype": "fp32", "num_threads": 1,
-            "progress": "false", "lr": 1e-3, "resume": "auto"}.items()]))
+        grpo.run(
+            load_config(
+                grpo.GRPOConfig,
+                None,
+                [
+                    f"{k}={v}"
+                    for k, v in {
+                        "out_dir": out,
+                        "tokenizer": tok_dir,
+                        "model": "tiny",
+                        "model_overrides": TINY_MODEL,
+                        "task": "synth-arith",
+                        "task_options": "{difficulties: [1]}",
+                        "num_prompts": 8,
+                        "steps": 6,
+                        "batch_size": 4,
+                        "num_generations": 2,
+                        "sampling.max_new_tokens": 8,
+                        "num_iterations": 2,
+                        "save_every": 3,
+                        "keep_last": 2,
+                        "rewards": "{parity: 1.0, correct: 1.0}",
+                        "dtype": "fp32",
+                        "num_threads": 1,
+                        "progress": "false",
+                        "lr": 1e-3,
+                        "resume": "auto",
+                    }.items()
+                ],
+            )
+        )
 
     assert kill_and_resume(train, tmp_path / "ref", tmp_path, seed=3) >= POINTS
 
@@ -303,7 +387,8 @@ defaults: {{dtype: fp32, batch_size: 4, max_seq_len: 96, log_every: 1, save_ever
 stages:
   - {{name: sft, kind: sft, config: {{steps: 4, lr: 3.0e-3, val_size: 0}}}}
   - {{name: kd, kind: kd, config: {{steps: 2, lr: 1.0e-3, teacher: "@sft", val_size: 0}}}}
-  - {{name: grpo, kind: grpo, config: {{steps: 2, num_generations: 2, sampling: {{max_new_tokens: 6}}, num_prompts: 4}}}}
+  - {{name: grpo, kind: grpo, config: {{steps: 2, num_generations: 2, sampling: {{max_new_tokens: 6}},
+                                        num_prompts: 4}}}}
 """
 
 
@@ -317,9 +402,22 @@ def test_srlm_run_killed_anywhere_resumes_to_the_same_results(tmp_path, tok_dir,
 
     tok = Tokenizer.from_dir(tok_dir)
     torch.manual_seed(0)
-    student = save(CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                   eos_token_id=tok.eos_token_id)), tmp_path / "student", tokenizer=tok)
+    student = save(
+        CausalLM(
+            preset(
+                "tiny",
+                vocab_size=tok.vocab_size,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                eos_token_id=tok.eos_token_id,
+            )
+        ),
+        tmp_path / "student",
+        tokenizer=tok,
+    )
     path = tmp_path / "faults.yaml"
     path.write_text(RECIPE.format(student=student))
     recipe = load_recipe(str(path))
@@ -350,10 +448,13 @@ def test_srlm_run_killed_anywhere_resumes_to_the_same_results(tmp_path, tok_dir,
 
 # ----------------------------------------------------------------------------- single faults, one each
 
+
 def test_kill_inside_the_final_save_resumes_by_writing_final(tmp_path, tok_dir, capfd):
     train = sft_train(tok_dir)
     trace = trace_of(lambda: train(tmp_path / "ref"))
-    inside_final = next(i for i, label in enumerate(trace, 1) if label.startswith("save_file") and "/.final.tmp-" in label)
+    inside_final = next(
+        i for i, label in enumerate(trace, 1) if label.startswith("save_file") and "/.final.tmp-" in label
+    )
     out = tmp_path / "run"
     assert run_killed(lambda: train(out), inside_final, tear=True)
     assert not (out / "final").exists() and list_checkpoints(out)[-1].name == "checkpoint-000008"
@@ -368,8 +469,13 @@ def test_leftover_temporaries_of_every_naming_scheme_are_cleaned(tmp_path, tok_d
     train = sft_train(tok_dir, steps=4)
     out = tmp_path / "run"
     train(out)
-    legacy = ["..checkpoint-000004.tmp-123.tmp-ab_cd9", ".checkpoint-000006.tmp-77", ".final.old-88",
-              ".final.tmp-12-a1b2c3", ".metrics.jsonl.tmp-5-ffffff"]
+    legacy = [
+        "..checkpoint-000004.tmp-123.tmp-ab_cd9",
+        ".checkpoint-000006.tmp-77",
+        ".final.old-88",
+        ".final.tmp-12-a1b2c3",
+        ".metrics.jsonl.tmp-5-ffffff",
+    ]
     for name in legacy:
         (out / name).mkdir() if "metrics" not in name else (out / name).write_text("x")
     # an interrupted swap: the old copy is complete and the new one never landed
@@ -412,7 +518,10 @@ def test_a_fresh_run_starts_a_fresh_metrics_log(tmp_path, tok_dir, capfd):
     run(load_config(SFTConfig, None, sft_overrides(out, tok_dir, steps=4, save_every=0, lora="{enabled: false}")))
     assert "the old log is now" in capfd.readouterr().err
     assert sorted(losses(out)) == [1, 2, 3, 4]  # not 1, 2, 1, 2, 3, 4
-    assert sorted(json.loads(line)["step"] for line in (out / "metrics.previous-1.jsonl").read_text().splitlines()) == [1, 2]
+    assert sorted(json.loads(line)["step"] for line in (out / "metrics.previous-1.jsonl").read_text().splitlines()) == [
+        1,
+        2,
+    ]
     assert_same_run(out, tmp_path / "ref")
 
 
@@ -431,7 +540,9 @@ def test_steps_logged_in_a_window_survive_a_resume(tmp_path, tok_dir):
     """With log_every=3 and save_every=2, the loss of step 4 must be logged by the time checkpoint-4 exists."""
     train = sft_train(tok_dir, log_every=3)
     trace = trace_of(lambda: train(tmp_path / "ref"))
-    after_ckpt_4 = next(i for i, t in enumerate(trace, 1) if t.startswith("replace") and t.endswith("/checkpoint-000004"))
+    after_ckpt_4 = next(
+        i for i, t in enumerate(trace, 1) if t.startswith("replace") and t.endswith("/checkpoint-000004")
+    )
     out = tmp_path / "run"
     assert run_killed(lambda: train(out), after_ckpt_4 + 1, tear=False)
     assert sorted(losses(out)) == [1, 2, 3, 4]
@@ -439,8 +550,15 @@ def test_steps_logged_in_a_window_survive_a_resume(tmp_path, tok_dir):
     assert_same_run(out, tmp_path / "ref")
 
 
-@pytest.mark.parametrize("damage", ["truncate training_state.pt", "truncate model.safetensors", "flip a byte",
-                                    "truncate training_state.pt of an old checkpoint without checksums"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncate training_state.pt",
+        "truncate model.safetensors",
+        "flip a byte",
+        "truncate training_state.pt of an old checkpoint without checksums",
+    ],
+)
 def test_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, tok_dir, capfd, damage):
     train = sft_train(tok_dir, keep_last=1)
     train(tmp_path / "ref")
@@ -491,12 +609,13 @@ def test_atomic_saves_flush_files_and_folders_before_the_rename(tmp_path, monkey
     renames = [i for i, o in enumerate(order) if o[0] == "replace"]
     assert len(renames) == 1
     tmp = order[renames[0]][1]
-    flushed = {o[1] for o in order[:renames[0]]}
+    flushed = {o[1] for o in order[: renames[0]]}
     assert {tmp / "config.json", tmp / "model.safetensors", tmp / "generation_config.json", tmp} <= flushed
     assert order[renames[0] + 1] == ("fsync", tmp_path)  # the rename itself is made durable
 
 
 # ----------------------------------------------------------------------------- full disks, read-only folders
+
 
 def _mount_tmpfs(folder: Path, size: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
@@ -563,7 +682,11 @@ def test_full_disk_during_a_save_names_it_and_keeps_the_previous_checkpoint(tmp_
     ckpt_bytes = sum(f.stat().st_size for f in (tmp_path / "ref" / "checkpoint-000004").rglob("*") if f.is_file())
     disk = small_disk(int(ckpt_bytes * 1.6))  # room for one checkpoint and the logs, not for a second beside it
     out = disk / "run"
-    with pytest.raises(SrlmError, match=r"no space left on device while saving .*run/checkpoint-000004 \(.* MiB had been written\); removed the partial copy; the newest checkpoint, checkpoint-000002, is intact"):
+    with pytest.raises(
+        SrlmError,
+        match=r"no space left on device while saving .*run/checkpoint-000004 \(.* MiB had been written\); "
+        r"removed the partial copy; the newest checkpoint, checkpoint-000002, is intact",
+    ):
         train(out)
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000002"]
     assert not temporaries(out)  # the partial folder is gone, not filling the disk
@@ -579,17 +702,32 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, tok_dir, read_
         sft_train(tok_dir, steps=2)(folder / "run")
 
 
-def test_eval_on_a_read_only_checkpoint_checks_first_and_writes_elsewhere(tmp_path, tok_dir, read_only, monkeypatch,
-                                                                             capsys):
+def test_eval_on_a_read_only_checkpoint_checks_first_and_writes_elsewhere(
+    tmp_path, tok_dir, read_only, monkeypatch, capsys
+):
     import argparse
 
     from srlm.commands import eval as eval_cli
     from srlm.eval import run as eval_run
 
     tok = Tokenizer.from_dir(tok_dir)
-    ckpt = read_only("ckpt", lambda f: save(CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=32,
-                                                                   intermediate_size=64, num_hidden_layers=1,
-                                                                   num_attention_heads=2)), f, tokenizer=tok))
+    ckpt = read_only(
+        "ckpt",
+        lambda f: save(
+            CausalLM(
+                preset(
+                    "tiny",
+                    vocab_size=tok.vocab_size,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                )
+            ),
+            f,
+            tokenizer=tok,
+        ),
+    )
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -607,6 +745,10 @@ def test_eval_on_a_read_only_checkpoint_checks_first_and_writes_elsewhere(tmp_pa
     out = capsys.readouterr()
     assert "synth-arith" in out.out and "is not writable; results will go to" in out.err
     names = sorted(f.name for f in work.iterdir())
-    assert names == ["eval-ckpt-synth-arith.1.json", "eval-ckpt-synth-arith.1.jsonl",
-                     "eval-ckpt-synth-arith.json", "eval-ckpt-synth-arith.jsonl"]
+    assert names == [
+        "eval-ckpt-synth-arith.1.json",
+        "eval-ckpt-synth-arith.1.jsonl",
+        "eval-ckpt-synth-arith.json",
+        "eval-ckpt-synth-arith.jsonl",
+    ]
     assert json.loads((work / "eval-ckpt-synth-arith.json").read_text())["tasks"]["synth-arith"]["n"] == 2

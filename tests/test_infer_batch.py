@@ -12,8 +12,7 @@ from srlm.model import CausalLM, KVCache, preset
 from srlm.tokenizer import train_bpe
 
 TEXTS = ["The answer is 42. Tom has 12 apples and eats 3. How many are left? 12 - 3 = 9. <think> so </think>"] * 40
-PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [20, 21, 22], [30, 31, 32, 33, 34, 35, 36],
-           list(range(40, 70))]
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [20, 21, 22], [30, 31, 32, 33, 34, 35, 36], list(range(40, 70))]
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +49,24 @@ def test_rows_joining_a_running_batch_decode_as_they_would_alone(engine, monkeyp
     # a long prompt joins later (the cache shifts right), rows outlive the first allocation (it trims and grows)
     moves = []
     realign = KVCache.realign
-    monkeypatch.setattr(KVCache, "realign", lambda self, pos, max_len=None: (
-        moves.append((self.pos, pos, self.max_len, max_len)), realign(self, pos, max_len))[1])
+    monkeypatch.setattr(
+        KVCache,
+        "realign",
+        lambda self, pos, max_len=None: (
+            moves.append((self.pos, pos, self.max_len, max_len)),
+            realign(self, pos, max_len),
+        )[1],
+    )
     new = [90, 12, 70, 40]
     batch = DecodeBatch(engine, max_len=256)
-    schedule = {0: [("a", RowRequest(PROMPTS[0], max_new_tokens=new[0], temperature=0, stop_token_ids=[]))],
-                3: [("b", RowRequest(PROMPTS[1], max_new_tokens=new[1], temperature=0, stop_token_ids=[])),
-                    ("c", RowRequest(PROMPTS[2], n=2, max_new_tokens=new[2], temperature=0, stop_token_ids=[]))],
-                10: [("d", RowRequest(PROMPTS[3], max_new_tokens=new[3], temperature=0, stop_token_ids=[]))]}
+    schedule = {
+        0: [("a", RowRequest(PROMPTS[0], max_new_tokens=new[0], temperature=0, stop_token_ids=[]))],
+        3: [
+            ("b", RowRequest(PROMPTS[1], max_new_tokens=new[1], temperature=0, stop_token_ids=[])),
+            ("c", RowRequest(PROMPTS[2], n=2, max_new_tokens=new[2], temperature=0, stop_token_ids=[])),
+        ],
+        10: [("d", RowRequest(PROMPTS[3], max_new_tokens=new[3], temperature=0, stop_token_ids=[]))],
+    }
     got, finish = _run(batch, schedule)
     for name, prompt, n_new in zip("abcd", PROMPTS, new):
         ref = _alone(engine, prompt, max_new_tokens=n_new, temperature=0, stop_token_ids=[]).token_ids
@@ -77,17 +86,26 @@ def test_stop_ids_limits_and_the_context_end(engine, fused, monkeypatch):
     if not fused:  # the model's own forward, as for models the fused step does not support
         monkeypatch.setattr(engine, "fused_decoder", lambda max_len: None)
     batch = DecodeBatch(engine, max_len=40)
-    got, finish = _run(batch, {0: [("s", RowRequest(PROMPTS[1], max_new_tokens=30, temperature=0, stop_token_ids=[stop])),
-                                   ("ctx", RowRequest(PROMPTS[3], max_new_tokens=30, temperature=0, stop_token_ids=[]))]})
-    assert got[("s", 0)] == free[:free.index(stop) + 1] and finish[("s", 0)] == "stop"
+    got, finish = _run(
+        batch,
+        {
+            0: [
+                ("s", RowRequest(PROMPTS[1], max_new_tokens=30, temperature=0, stop_token_ids=[stop])),
+                ("ctx", RowRequest(PROMPTS[3], max_new_tokens=30, temperature=0, stop_token_ids=[])),
+            ]
+        },
+    )
+    assert got[("s", 0)] == free[: free.index(stop) + 1] and finish[("s", 0)] == "stop"
     assert len(got[("ctx", 0)]) == 40 - len(PROMPTS[3]) and finish[("ctx", 0)] == "length"
 
 
 def test_seeded_rows_draw_the_same_whatever_shares_the_batch(engine):
     req = RowRequest(PROMPTS[0], n=3, max_new_tokens=25, temperature=1.0, top_p=0.9, seed=11, stop_token_ids=[])
     alone, _ = _run(DecodeBatch(engine), {0: [("x", req)]})
-    others = [("o1", RowRequest(PROMPTS[2], max_new_tokens=40, temperature=1.2, stop_token_ids=[])),
-              ("o2", RowRequest(PROMPTS[3], max_new_tokens=5, temperature=0.7, top_k=5, seed=3, stop_token_ids=[]))]
+    others = [
+        ("o1", RowRequest(PROMPTS[2], max_new_tokens=40, temperature=1.2, stop_token_ids=[])),
+        ("o2", RowRequest(PROMPTS[3], max_new_tokens=5, temperature=0.7, top_k=5, seed=3, stop_token_ids=[])),
+    ]
     crowded, _ = _run(DecodeBatch(engine), {0: others[:1], 2: [("x", req)], 4: others[1:]})
     assert [alone[("x", j)] for j in range(3)] == [crowded[("x", j)] for j in range(3)]
     assert len({tuple(alone[("x", j)]) for j in range(3)}) == 3  # the n rows draw differently
@@ -98,12 +116,24 @@ def test_seeded_rows_draw_the_same_whatever_shares_the_batch(engine):
 def test_logprobs_and_thinking_budget_match_the_engine(engine):
     think_start = engine.tokenizer.token_to_id("<think>")
     prompt = PROMPTS[2] + [think_start]
-    ref = engine.generate([prompt], max_new_tokens=12, temperature=0, stop_token_ids=[], return_logprobs=True,
-                          thinking_budget=3)[0][0]
+    ref = engine.generate(
+        [prompt], max_new_tokens=12, temperature=0, stop_token_ids=[], return_logprobs=True, thinking_budget=3
+    )[0][0]
     assert engine.think_ids[1] in ref.token_ids  # the budget forced </think>
     batch = DecodeBatch(engine)
-    batch.add([RowRequest(prompt, max_new_tokens=12, temperature=0, stop_token_ids=[], logprobs=True,
-                                    top_logprobs=3, thinking_budget=3)])
+    batch.add(
+        [
+            RowRequest(
+                prompt,
+                max_new_tokens=12,
+                temperature=0,
+                stop_token_ids=[],
+                logprobs=True,
+                top_logprobs=3,
+                thinking_budget=3,
+            )
+        ]
+    )
     outs = []
     while len(batch):
         outs += batch.step()
@@ -118,15 +148,22 @@ def test_logprobs_and_thinking_budget_match_the_engine(engine):
 
 def test_remove_frees_rows_and_bad_requests_add_nothing(engine):
     batch = DecodeBatch(engine)
-    [[a], [b, c]] = batch.add([RowRequest(PROMPTS[0], max_new_tokens=50), RowRequest(PROMPTS[1], n=2, max_new_tokens=50)])
+    [[a], [b, c]] = batch.add(
+        [RowRequest(PROMPTS[0], max_new_tokens=50), RowRequest(PROMPTS[1], n=2, max_new_tokens=50)]
+    )
     batch.step()
     batch.remove([b, 12345])
     assert batch.keys == [a, c] and batch.cache.batch_size == 2
-    for bad, field in [(RowRequest([]), "empty"), (RowRequest([10**6]), "vocabulary"),
-                       (RowRequest(list(range(5)) * 300), "tokens"), (RowRequest([1], n=0), "n=0"),
-                       (RowRequest([1], max_new_tokens=0), "max_new_tokens"),
-                       (RowRequest([1], temperature=-1), "temperature"), (RowRequest([1], top_p=0), "top_p"),
-                       (RowRequest([1], thinking_budget=-2), "thinking_budget")]:
+    for bad, field in [
+        (RowRequest([]), "empty"),
+        (RowRequest([10**6]), "vocabulary"),
+        (RowRequest(list(range(5)) * 300), "tokens"),
+        (RowRequest([1], n=0), "n=0"),
+        (RowRequest([1], max_new_tokens=0), "max_new_tokens"),
+        (RowRequest([1], temperature=-1), "temperature"),
+        (RowRequest([1], top_p=0), "top_p"),
+        (RowRequest([1], thinking_budget=-2), "thinking_budget"),
+    ]:
         with pytest.raises(SrlmError, match=field):
             batch.add([RowRequest(PROMPTS[2]), bad])
     assert batch.keys == [a, c]
@@ -156,8 +193,10 @@ def test_kv_cache_extend_and_realign():
         cache.extend(longer)
 
 
-@pytest.mark.parametrize("params", [SamplingParams(temperature=0.7, top_k=7), SamplingParams(top_p=0.8, min_p=0.05),
-                                    SamplingParams(temperature=0)])
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=0.7, top_k=7), SamplingParams(top_p=0.8, min_p=0.05), SamplingParams(temperature=0)],
+)
 def test_sample_rows_draws_what_sample_draws(params):
     torch.manual_seed(1)
     logits = torch.randn(5, 50) * 3
@@ -165,8 +204,16 @@ def test_sample_rows_draws_what_sample_draws(params):
     rows = 5
     noise = torch.empty(rows, 50).exponential_(generator=torch.Generator().manual_seed(4))
     full = lambda v, dt=torch.float32: torch.full((rows,), v, dtype=dt)  # noqa: E731
-    tok, lp, top = sample_rows(logits, full(params.temperature), full(params.top_k or 0, torch.long), full(params.top_p),
-                               full(params.min_p), None if params.greedy else noise, want_logprobs=True, top_logprobs=2)
+    tok, lp, top = sample_rows(
+        logits,
+        full(params.temperature),
+        full(params.top_k or 0, torch.long),
+        full(params.top_p),
+        full(params.min_p),
+        None if params.greedy else noise,
+        want_logprobs=True,
+        top_logprobs=2,
+    )
     assert tok.tolist() == ref.tolist()
     assert torch.allclose(lp, ref_lp)
     assert top[0].shape == (5, 2)

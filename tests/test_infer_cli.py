@@ -31,8 +31,23 @@ def ckpt(tmp_path_factory):
 
 def test_generate_json_is_reproducible(ckpt, capsys):
     path, _ = ckpt
-    argv = ["generate", str(path), "--prompt", "Tom has", "--n", "3", "--temperature", "0.9", "--top-p", "0.9",
-            "--seed", "5", "--max-new-tokens", "12", "--json"]
+    argv = [
+        "generate",
+        str(path),
+        "--prompt",
+        "Tom has",
+        "--n",
+        "3",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "5",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]
     assert srlm_main(argv) == 0
     first = json.loads(capsys.readouterr().out)
     assert srlm_main(argv) == 0
@@ -47,18 +62,37 @@ def test_generate_streams_text_and_quantized_runs(ckpt, capsys):
     plain = capsys.readouterr().out
     assert srlm_main(["generate", str(path), "--prompt", "Tom has", "--max-new-tokens", "8", "--json"]) == 0
     assert plain == json.loads(capsys.readouterr().out)["completions"][0]["text"] + "\n"
-    assert srlm_main(["generate", str(path), "--prompt", "Tom has", "--max-new-tokens", "8", "--quantize", "int8",
-                      "--chat", "--thinking-budget", "2"]) == 0
+    assert (
+        srlm_main(
+            [
+                "generate",
+                str(path),
+                "--prompt",
+                "Tom has",
+                "--max-new-tokens",
+                "8",
+                "--quantize",
+                "int8",
+                "--chat",
+                "--thinking-budget",
+                "2",
+            ]
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--prompt", ""], "empty"),
-    (["--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens"),
-    (["--prompt", "x", "--temperature", "-1"], "temperature"),
-    (["--prompt", "x", "--top-p", "2"], "top_p"),
-    (["--prompt", "x" * 3000], "context"),
-    (["--prompt", "x", "--stop-regex", "("], "regular expression"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompt", ""], "empty"),
+        (["--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["--prompt", "x", "--temperature", "-1"], "temperature"),
+        (["--prompt", "x", "--top-p", "2"], "top_p"),
+        (["--prompt", "x" * 3000], "context"),
+        (["--prompt", "x", "--stop-regex", "("], "regular expression"),
+    ],
+)
 def test_generate_bad_input_is_one_clear_line(ckpt, capsys, extra, message):
     path, _ = ckpt
     assert srlm_main(["generate", str(path), *extra]) == 1
@@ -76,8 +110,13 @@ def test_chat_flag_without_template(ckpt, capsys):
 def test_chat_over_stdin_keeps_history_and_resets(ckpt):
     path, _ = ckpt
     script = "Tom has 12 apples\nHow many are left?\n/reset\nTom has 12 apples\n/exit\nnever read\n"
-    run = subprocess.run([sys.executable, "-m", "srlm.cli", "chat", str(path), "--temperature", "0",
-                          "--max-new-tokens", "6"], input=script, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "srlm.cli", "chat", str(path), "--temperature", "0", "--max-new-tokens", "6"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert "(history cleared)" in lines

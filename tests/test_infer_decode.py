@@ -14,8 +14,8 @@ from srlm.infer import Engine
 from srlm.infer.decode import FusedDecoder
 from srlm.infer.quant import quantize_model
 from srlm.model import CausalLM, preset
-from srlm.model.config import FAMILIES, Traits
 from srlm.model.cache import KVCache
+from srlm.model.config import FAMILIES, Traits
 from srlm.train.lora import LoRAConfig, apply_lora
 
 VOCAB = 97
@@ -48,8 +48,8 @@ def _compare(model, prompts, steps=6, atol=1e-4):
     ids = torch.zeros(b, P, dtype=torch.long)
     mask = torch.ones(b, P + steps, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, :P - len(p)] = False
+        ids[i, P - len(p) :] = torch.tensor(p)
+        mask[i, : P - len(p)] = False
     pos = (mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         ref_cache = KVCache.for_model(model, b, P + steps)
@@ -63,8 +63,9 @@ def _compare(model, prompts, steps=6, atol=1e-4):
         next_pos = mask[:, :P].sum(-1)
         tok = torch.tensor([3 + i for i in range(b)])
         for t in range(steps):
-            ref = model(tok[:, None], position_ids=next_pos[:, None], attention_mask=mask[:, :P + t + 1],
-                        kv_cache=ref_cache)[:, -1]
+            ref = model(
+                tok[:, None], position_ids=next_pos[:, None], attention_mask=mask[:, : P + t + 1], kv_cache=ref_cache
+            )[:, -1]
             got = fused.step(tok, next_pos, cache, bias)
             torch.testing.assert_close(got, ref, atol=atol, rtol=atol)
             tok = ref.argmax(-1)
@@ -96,8 +97,10 @@ def test_fused_step_in_bf16_is_as_accurate_as_the_model_in_bf16():
             fused_cache.pos = cache.pos
             fused = FusedDecoder(m)
             fused.refresh(8)
-            logits[dtype] = (m(tok[:, None], kv_cache=cache)[:, -1].float(),
-                             fused.step(tok, pos, fused_cache, None).float())
+            logits[dtype] = (
+                m(tok[:, None], kv_cache=cache)[:, -1].float(),
+                fused.step(tok, pos, fused_cache, None).float(),
+            )
             assert (fused.head.weight_t is not None) == (dtype == torch.float32)  # transposed copies: fp32 only
     truth = logits[torch.float32][0]
     model_err = (logits[torch.bfloat16][0] - truth).abs()
@@ -140,7 +143,10 @@ def test_engine_sees_in_place_weight_updates():
             p.mul_(1.3).add_(0.05)
     after = engine.generate(prompts, max_new_tokens=8, temperature=0, stop_token_ids=[])
     fresh = Engine(model).generate(prompts, max_new_tokens=8, temperature=0, stop_token_ids=[])
-    ids = lambda groups: [c.token_ids for g in groups for c in g]
+
+    def ids(groups):
+        return [c.token_ids for g in groups for c in g]
+
     assert ids(after) == ids(fresh) and ids(after) != ids(before)
     # and the fused step agrees with a plain forward pass after the update
     _compare(model, [[5, 6, 7], [8, 9]])
@@ -168,6 +174,7 @@ def test_upcast_linear_keeps_names_and_runs_many_rows_in_fp32(monkeypatch):
 
 # ---- family traits: every row of the table decodes right, and a trait the fused step lacks is refused
 
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_decodes_fused_as_its_forward(family):
     model = _model(model_type=family)
@@ -177,8 +184,9 @@ def test_every_family_decodes_fused_as_its_forward(family):
 
 @pytest.fixture
 def extra_families(monkeypatch):
-    monkeypatch.setitem(FAMILIES, "gemma-like", Traits(norm_offset=1.0, activation="gelu_pytorch_tanh",
-                                                       scale_embeddings=True))
+    monkeypatch.setitem(
+        FAMILIES, "gemma-like", Traits(norm_offset=1.0, activation="gelu_pytorch_tanh", scale_embeddings=True)
+    )
     monkeypatch.setitem(FAMILIES, "pairs-rope", Traits(rope="interleaved"))
 
 

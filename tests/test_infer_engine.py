@@ -37,9 +37,15 @@ def test_greedy_matches_transformers_generate(tmp_path, case):
     engine = Engine(load_model(tmp_path))
     batched = engine.generate(PROMPTS, max_new_tokens=64, temperature=0, stop_token_ids=[])
     for prompt, group in zip(PROMPTS, batched):
-        ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                          max_new_tokens=64, do_sample=False, pad_token_id=0, eos_token_id=None)
-        assert group[0].token_ids == ref[0, len(prompt):].tolist()
+        ref = hf.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=64,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+        assert group[0].token_ids == ref[0, len(prompt) :].tolist()
         assert group[0].finish_reason == "length"
 
 
@@ -84,13 +90,14 @@ def test_seeded_sampling_is_reproducible_and_seed_matters(tiny):
 def test_logprobs_are_those_of_a_forward_pass_at_the_temperature(tiny):
     engine = Engine(tiny)
     T = 0.7
-    out = engine.generate(PROMPTS, n=2, max_new_tokens=12, temperature=T, seed=3, return_logprobs=True,
-                          stop_token_ids=[])
+    out = engine.generate(
+        PROMPTS, n=2, max_new_tokens=12, temperature=T, seed=3, return_logprobs=True, stop_token_ids=[]
+    )
     for prompt, group in zip(PROMPTS, out):
         for c in group:
             seq = torch.tensor([prompt + c.token_ids])
             with torch.no_grad():
-                logits = tiny(seq)[0, len(prompt) - 1:-1].float() / T
+                logits = tiny(seq)[0, len(prompt) - 1 : -1].float() / T
             ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
             assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-4)
 
@@ -114,20 +121,23 @@ def test_context_end_caps_generation(tiny):
     assert all(g[0].finish_reason == "length" for g in out)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(prompts=[[]]), "empty"),
-    (dict(prompts=[[1] * 2000]), "context"),
-    (dict(prompts=[[VOCAB + 5]]), "vocabulary"),
-    (dict(prompts=["hello"]), "token ids"),
-    (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(temperature=-1.0), "temperature"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(min_p=1.0), "min_p"),
-    (dict(n=0), "n=0"),
-    (dict(stop_strings=["x"]), "tokenizer"),
-    (dict(thinking_budget=4), "think"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(prompts=[[]]), "empty"),
+        (dict(prompts=[[1] * 2000]), "context"),
+        (dict(prompts=[[VOCAB + 5]]), "vocabulary"),
+        (dict(prompts=["hello"]), "token ids"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(min_p=1.0), "min_p"),
+        (dict(n=0), "n=0"),
+        (dict(stop_strings=["x"]), "tokenizer"),
+        (dict(thinking_budget=4), "think"),
+    ],
+)
 def test_bad_input_is_a_clear_error(tiny, kwargs, match):
     kw = dict(prompts=[[1, 2, 3]], max_new_tokens=4)
     kw.update(kwargs)
@@ -141,9 +151,10 @@ def test_static_decode_step_matches_eager_and_compile_failure_falls_back(tiny, m
     ref = Engine(tiny).generate(PROMPTS, n=2, max_new_tokens=30, temperature=0, stop_token_ids=[])
     static = Engine(tiny)
     static._step = decode.decode_step  # the function torch.compile receives, run eagerly
-    assert [[c.token_ids for c in g] for g in static.generate(PROMPTS, n=2, max_new_tokens=30, temperature=0,
-                                                              stop_token_ids=[])] == \
-        [[c.token_ids for c in g] for g in ref]
+    assert [
+        [c.token_ids for c in g]
+        for g in static.generate(PROMPTS, n=2, max_new_tokens=30, temperature=0, stop_token_ids=[])
+    ] == [[c.token_ids for c in g] for g in ref]
 
     def broken(*a, **k):
         raise RuntimeError("InductorError: no working C++ compiler")

@@ -3,7 +3,6 @@ rounding error is bounded by half a step per group, and a quantized model stays 
 
 import copy
 
-import pytest
 import torch
 import torch.nn as nn
 

@@ -67,8 +67,17 @@ def test_repetition_penalty_matches_the_ctrl_rule():
     assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-0.1), dict(top_p=0), dict(top_p=1.01), dict(min_p=-0.1),
-                                dict(top_k=-1), dict(repetition_penalty=0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(temperature=-0.1),
+        dict(top_p=0),
+        dict(top_p=1.01),
+        dict(min_p=-0.1),
+        dict(top_k=-1),
+        dict(repetition_penalty=0),
+    ],
+)
 def test_bad_parameters_raise(kw):
     with pytest.raises(SrlmError):
         SamplingParams(**kw)

@@ -4,17 +4,19 @@ self-consistency, and int8 quantization — on a tokenizer trained here and a ra
 import pytest
 import torch
 
+from srlm.data.answers import majority
 from srlm.errors import SrlmError
 from srlm.infer import Engine
 from srlm.infer.backend import EngineBackend
 from srlm.infer.quant import Int8Linear, quantize_model, quantize_weight
-from srlm.data.answers import majority
 from srlm.infer.reasoning import ANSWER_COMPLETE, self_consistency
 from srlm.model import CausalLM, preset, save
 from srlm.tokenizer import train_bpe
 
-TEXTS = ["The answer is 42. Tom has 12 apples and eats 3. How many are left? 12 - 3 = 9.",
-         "héllo wörld, 日本語 ✓ naïve café — emoji 🙂 and more words here."] * 40
+TEXTS = [
+    "The answer is 42. Tom has 12 apples and eats 3. How many are left? 12 - 3 = 9.",
+    "héllo wörld, 日本語 ✓ naïve café — emoji 🙂 and more words here.",
+] * 40
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +41,9 @@ def test_stop_string_cuts_text_and_ends_row(engine):
     stop = free.text[10:13]
     got = _free(engine, "Tom has", stop_strings=[stop])
     assert got.finish_reason == "stop"
-    assert got.text == free.text[:free.text.find(stop)]
+    assert got.text == free.text[: free.text.find(stop)]
     assert len(got.token_ids) < len(free.token_ids)
-    assert free.token_ids[:len(got.token_ids)] == got.token_ids
+    assert free.token_ids[: len(got.token_ids)] == got.token_ids
 
 
 def test_stop_condition_regex(engine):
@@ -60,22 +62,23 @@ def test_stream_concatenates_to_the_completion_text(engine, tok):
         assert len(deltas) > 5  # it streams, rather than returning everything at the end
         stop = free.text[12:14]
         cut = list(engine.stream(prompt, max_new_tokens=60, temperature=0, stop_token_ids=[], stop_strings=[stop]))
-        assert "".join(cut) == free.text[:free.text.find(stop)]
+        assert "".join(cut) == free.text[: free.text.find(stop)]
 
 
 def test_stream_hides_the_stop_token(engine, tok):
     free = _free(engine, "Tom")
     stop_id = free.token_ids[5]
     text = "".join(engine.stream("Tom", max_new_tokens=60, temperature=0, stop_token_ids=[stop_id]))
-    assert text == tok.decode(free.token_ids[:free.token_ids.index(stop_id)])
+    assert text == tok.decode(free.token_ids[: free.token_ids.index(stop_id)])
 
 
 def test_thinking_budget_forces_end_of_thought(engine, tok):
     start, end = tok.token_to_id("<think>"), tok.token_to_id("</think>")
     prompt = tok.encode("Tom has 12 apples") + [start]
     for budget in (0, 3, 7):
-        out = engine.generate([prompt], max_new_tokens=20, temperature=1.0, seed=1, stop_token_ids=[],
-                              thinking_budget=budget)[0][0]
+        out = engine.generate(
+            [prompt], max_new_tokens=20, temperature=1.0, seed=1, stop_token_ids=[], thinking_budget=budget
+        )[0][0]
         ids = out.token_ids
         first_end = ids.index(end)
         assert first_end <= budget
@@ -96,7 +99,7 @@ def test_eval_backend(engine, tok):
     ll = backend.loglikelihood([("Tom has", " 12 apples"), ("Tom has", " 日本語")])
     assert len(ll) == 2 and all(x < 0 for x in ll)
     ctx = tok.encode("Tom has")
-    assert ll[0] == pytest.approx(engine.loglikelihood([(ctx, tok.encode("Tom has 12 apples")[len(ctx):])])[0])
+    assert ll[0] == pytest.approx(engine.loglikelihood([(ctx, tok.encode("Tom has 12 apples")[len(ctx) :])])[0])
 
 
 def test_self_consistency_votes(engine):

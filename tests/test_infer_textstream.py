@@ -8,8 +8,10 @@ from srlm.infer.textstream import ReasoningSplitter, TextStream
 from srlm.model import CausalLM, preset
 from srlm.tokenizer import train_bpe
 
-TEXTS = ["The answer is 42. Tom has 12 apples and eats 3. How many are left? 12 - 3 = 9.",
-         "héllo wörld, 日本語 ✓ naïve café — emoji 🙂 and more words here."] * 40
+TEXTS = [
+    "The answer is 42. Tom has 12 apples and eats 3. How many are left? 12 - 3 = 9.",
+    "héllo wörld, 日本語 ✓ naïve café — emoji 🙂 and more words here.",
+] * 40
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def test_deltas_join_to_the_engines_text_with_and_without_stop_strings(engine):
     free = engine.generate([prompt], max_new_tokens=40, temperature=0, stop_token_ids=[])[0][0]
     text = free.text
     # stop strings from the generated text (clean pieces: an incomplete character decodes differently mid-stream)
-    pieces = [text[i:i + w] for w in (2, 3) for i in range(len(text) - w) if "\ufffd" not in text[i:i + w]]
+    pieces = [text[i : i + w] for w in (2, 3) for i in range(len(text) - w) if "\ufffd" not in text[i : i + w]]
     assert len(pieces) > 10
     cases = [[], [pieces[len(pieces) // 2]], [pieces[1], "never there"], [pieces[-1]]]
     stopped = 0
@@ -50,7 +52,7 @@ def test_text_is_held_back_only_while_it_could_start_a_stop_string(engine):
     ids = tok.encode("The answer is 42. Tom")
     stream = TextStream(tok, [], ["is 4X"])
     shown = "".join(stream.push(t) for t in ids)
-    assert shown == "The answer is 42. Tom"[:len(shown)] and shown.endswith("Tom")
+    assert shown == "The answer is 42. Tom"[: len(shown)] and shown.endswith("Tom")
     assert stream.finish() == "" and not stream.stopped
 
 
@@ -58,7 +60,7 @@ def test_text_is_held_back_only_while_it_could_start_a_stop_string(engine):
 def test_reasoning_splits_from_the_answer_whatever_the_deltas(chunk):
     text = "<think>\nFirst 3 + 4 = 7.\nThen  7 * 2 = 14.\n</think>\n\nThe answer is 14. <thin"
     splitter = ReasoningSplitter()
-    parts = [splitter.push(text[i:i + chunk]) for i in range(0, len(text), chunk)] + [splitter.finish()]
+    parts = [splitter.push(text[i : i + chunk]) for i in range(0, len(text), chunk)] + [splitter.finish()]
     assert "".join(p[0] for p in parts) == "First 3 + 4 = 7.\nThen  7 * 2 = 14."
     assert "".join(p[1] for p in parts) == "The answer is 14. <thin"
 

@@ -11,8 +11,23 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "srlm"
-ORDER = ["errors", "progress", "atomic", "machine", "data", "tokenizer", "model", "infer", "eval", "train", "recipes",
-         "serve", "commands", "cli", "srlm"]
+ORDER = [
+    "errors",
+    "progress",
+    "atomic",
+    "machine",
+    "data",
+    "tokenizer",
+    "model",
+    "infer",
+    "eval",
+    "train",
+    "recipes",
+    "serve",
+    "commands",
+    "cli",
+    "srlm",
+]
 LEVEL = {room: i for i, room in enumerate(ORDER)}
 for util in ("errors", "progress", "atomic", "machine"):
     LEVEL[util] = 0

@@ -16,13 +16,12 @@ import pytest
 import torch
 
 import srlm
+from _gguf_fixtures import tiny
+from _real_model import smollm2_gguf
 from srlm import cli
 from srlm.data.synthetic import corpus_lines
 from srlm.infer.engine import Engine
 from srlm.model import gguf as G
-
-from _gguf_fixtures import tiny
-from _real_model import smollm2_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (.ci/install-llama-cpp)")
 
@@ -32,18 +31,27 @@ CORPUS = [
     "  two leading spaces\tand\ttabs\n\n\nthree newlines\r\n   and  trailing spaces   ",
     "I've been 'told he's there, 'RE you sure? We'Ve a'lL",
     "unicode: café naïve Ελληνικά Български 日本語 我想在apple工作1314151天～ 🦙🚀😶‍🌫️ e\u0301 ①②",
-    "code: def f(x):\n    return x**2  # comment ------======= \"\"\"\"......!!!!!!??????",
+    'code: def f(x):\n    return x**2  # comment ------======= """"......!!!!!!??????',
 ]
-MESSAGES = [{"role": "system", "content": "Answer briefly."},
-            {"role": "user", "content": "What is 17 + 25?\nThink step by step."},
-            {"role": "assistant", "content": "<think>\n17 + 25 = 42\n</think>\nThe answer is 42."},
-            {"role": "user", "content": "And 42 * 2?"}]
+MESSAGES = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is 17 + 25?\nThink step by step."},
+    {"role": "assistant", "content": "<think>\n17 + 25 = 42\n</think>\nThe answer is 42."},
+    {"role": "user", "content": "And 42 * 2?"},
+]
 
 
 def _lc(path, **kw):
     """llama.cpp on `path` with an f32 KV cache, so attention is computed as srlm computes it."""
-    return llama_cpp.Llama(str(path), n_ctx=kw.pop("n_ctx", 512), n_threads=1, verbose=False,
-                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, **kw)
+    return llama_cpp.Llama(
+        str(path),
+        n_ctx=kw.pop("n_ctx", 512),
+        n_threads=1,
+        verbose=False,
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+        **kw,
+    )
 
 
 def _as_ggml_computes(model, typ: str):
@@ -79,6 +87,7 @@ def _same_tokens(tok, path):
 
 # --------------------------------------------------------------------- a tiny checkpoint srlm trained
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from srlm.tokenizer import train_bpe
@@ -88,13 +97,35 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     tok = train_bpe(list(corpus_lines(300, families=["arith"])) + CORPUS, 320)
     tok.save(root / "tok")
-    run(load_config(SFTConfig, None, {
-        "out_dir": str(root / "sft"), "tokenizer": str(root / "tok"), "model": "tiny",
-        "model_overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                            "num_attention_heads": 4, "num_key_value_heads": 2},
-        "data": ["synth-arith"], "data_options": {"n_train": 2000, "difficulties": [1]}, "think": False,
-        "steps": 60, "batch_size": 16, "lr": 5e-3, "warmup_steps": 5, "dtype": "fp32", "num_threads": 2,
-        "progress": False, "max_seq_len": 96}))
+    run(
+        load_config(
+            SFTConfig,
+            None,
+            {
+                "out_dir": str(root / "sft"),
+                "tokenizer": str(root / "tok"),
+                "model": "tiny",
+                "model_overrides": {
+                    "hidden_size": 64,
+                    "intermediate_size": 128,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "num_key_value_heads": 2,
+                },
+                "data": ["synth-arith"],
+                "data_options": {"n_train": 2000, "difficulties": [1]},
+                "think": False,
+                "steps": 60,
+                "batch_size": 16,
+                "lr": 5e-3,
+                "warmup_steps": 5,
+                "dtype": "fp32",
+                "num_threads": 2,
+                "progress": False,
+                "max_seq_len": 96,
+            },
+        )
+    )
     folder = root / "sft" / "final"
     for typ in ("f32", "f16", "q8_0"):
         assert cli.main(["export", str(folder), "--type", typ, "--out", str(root / f"tiny-{typ}.gguf")]) == 0
@@ -136,9 +167,11 @@ def test_eval_through_llama_cpp_scores_what_srlm_scores(trained, tmp_path, capsy
     acc_q8, out_q8 = evaluate(root / "tiny-q8_0.gguf", "lc-q8", "--backend", "llama.cpp")
     same = sum(a == b for a, b in zip(out_q8, out_srlm)) / len(out_srlm)
     with capsys.disabled():
-        print(f"\n[llama.cpp] trained tiny model, {len(out_srlm)} held-out synth-arith problems: accuracy srlm "
-              f"{acc_srlm:.3f}, llama.cpp f32 {acc_lc:.3f}, llama.cpp q8_0 {acc_q8:.3f} "
-              f"(q8_0 output identical to srlm's on {same:.0%})")
+        print(
+            f"\n[llama.cpp] trained tiny model, {len(out_srlm)} held-out synth-arith problems: accuracy srlm "
+            f"{acc_srlm:.3f}, llama.cpp f32 {acc_lc:.3f}, llama.cpp q8_0 {acc_q8:.3f} "
+            f"(q8_0 output identical to srlm's on {same:.0%})"
+        )
     record_property("q8_0_accuracy", acc_q8)
     record_property("srlm_accuracy", acc_srlm)
 
@@ -156,6 +189,7 @@ def test_other_architectures_generate_srlm_tokens(trained, model_type, tmp_path)
 
 
 # --------------------------------------------------------------------- SmolLM2-135M-Instruct
+
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
@@ -177,8 +211,9 @@ def test_smollm2_export_greedy_equals_srlm(smollm2, typ):
     if typ != "f32":  # srlm computes with the file's own (rounded) weights
         model, _ = srlm.load(files[typ], dtype="float32")
         model = _as_ggml_computes(model, typ)
-    ids = tok.apply_chat_template([{"role": "user", "content": "Write two lines about the sea."}],
-                                  add_generation_prompt=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Write two lines about the sea."}], add_generation_prompt=True
+    )
     assert _lc_greedy(_lc(files[typ]), ids) == _our_greedy(model, tok, ids)
 
 
@@ -187,15 +222,18 @@ def test_smollm2_q8_0_agreement(smollm2, capsys, record_property):
     import numpy as np
 
     model, tok, files = smollm2
-    ids = tok.apply_chat_template([{"role": "user", "content": "Explain in three sentences why the sky is blue."}],
-                                  add_generation_prompt=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Explain in three sentences why the sky is blue."}], add_generation_prompt=True
+    )
     cont = _our_greedy(model, tok, ids)
     llm = _lc(files["q8_0"], logits_all=True)
     llm.eval(ids + cont)
-    theirs = np.asarray(llm.scores[len(ids) - 1:len(ids) + len(cont) - 1]).argmax(-1)
+    theirs = np.asarray(llm.scores[len(ids) - 1 : len(ids) + len(cont) - 1]).argmax(-1)
     agreement = float((theirs == np.asarray(cont)).mean())
     with capsys.disabled():
-        print(f"\n[llama.cpp] SmolLM2-135M-Instruct q8_0: top-1 agreement with srlm fp32 {agreement:.3f} "
-              f"over {len(cont)} teacher-forced tokens")
+        print(
+            f"\n[llama.cpp] SmolLM2-135M-Instruct q8_0: top-1 agreement with srlm fp32 {agreement:.3f} "
+            f"over {len(cont)} teacher-forced tokens"
+        )
     record_property("smollm2_q8_0_agreement", agreement)
     assert agreement > 0.8

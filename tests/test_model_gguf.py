@@ -13,14 +13,13 @@ import pytest
 import torch
 
 import srlm
+from _gguf_fixtures import TEXTS, tiny
 from srlm import cli
-from srlm.errors import SrlmError
 from srlm.data.synthetic import corpus_lines
+from srlm.errors import SrlmError
 from srlm.model import gguf as G
 from srlm.model.checkpoint import hf_state_dict
 from srlm.tokenizer import train_bpe
-
-from _gguf_fixtures import TEXTS, tiny
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +42,24 @@ def test_f32_round_trip_is_exact(model_type, tok, tmp_path):
     assert set(tensors) == set(ref)
     for k, v in ref.items():
         assert torch.equal(tensors[k], v), k  # the llama q/k permutation undone exactly
-    for field in ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
-                  "rope_theta", "rope_scaling", "tie_word_embeddings", "attention_bias", "eos_token_id", "pad_token_id"):
+    for field in (
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "tie_word_embeddings",
+        "attention_bias",
+        "eos_token_id",
+        "pad_token_id",
+    ):
         assert getattr(config, field) == getattr(model.config, field), field
     for text in TEXTS:
         assert tok2.encode(text) == tok.encode(text)
@@ -53,7 +67,9 @@ def test_f32_round_trip_is_exact(model_type, tok, tmp_path):
     assert tok2.special_tokens == {k: v for k, v in tok.special_tokens.items()}
     assert tok2.chat_template == tok.chat_template
     msgs = [{"role": "user", "content": "What is 12 + 30?"}]
-    assert tok2.apply_chat_template(msgs, add_generation_prompt=True) == tok.apply_chat_template(msgs, add_generation_prompt=True)
+    assert tok2.apply_chat_template(msgs, add_generation_prompt=True) == tok.apply_chat_template(
+        msgs, add_generation_prompt=True
+    )
     assert tok2.eos_token_ids == tok.eos_token_ids
     loaded, _ = srlm.load(path)
     with torch.no_grad():
@@ -104,7 +120,8 @@ SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2
 def test_k_quants_are_dequantized_and_unpermuted(qtype, tok, tmp_path):
     """gguf cannot write K-quants, so the file holds random K-quant blocks; srlm must give back exactly
     gguf's dequantization of each, with llama's q/k rows un-permuted."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as Q
     from gguf.quants import dequantize
 
     q = Q[qtype]
@@ -119,7 +136,7 @@ def test_k_quants_are_dequantized_and_unpermuted(qtype, tok, tmp_path):
             return arr.astype(np.float32), Q.F32
         data = rng.integers(0, 256, (arr.shape[0], arr.shape[1] // block * size), dtype=np.uint8)
         for at in SCALE_OFFSETS[qtype]:  # finite fp16 super-block scales (random bits would make NaNs)
-            data.reshape(-1, size)[:, at:at + 2] = np.frombuffer(np.float16(1 / 256).tobytes(), np.uint8)
+            data.reshape(-1, size)[:, at : at + 2] = np.frombuffer(np.float16(1 / 256).tobytes(), np.uint8)
         expected[name] = dequantize(data, q)
         return data, q
 
@@ -155,9 +172,19 @@ def test_export_matches_transformers_gguf_loader(tok, tmp_path):
         torch.testing.assert_close(hf.eval()(ids_for(tok)).logits, model(ids_for(tok)), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 4.0},
-                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}])
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rope_type": "linear", "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ],
+)
 def test_rope_scaling_round_trips(scaling, tok, tmp_path):
     model = tiny("llama", tok, rope_scaling=scaling, rope_theta=500000.0)
     path = G.export(model, tok, tmp_path / "r.gguf", "f32")
@@ -196,13 +223,29 @@ def test_pre_tokenizer_names_follow_llama_cpp(tok):
         return G.pre_tokenizer_name(Tokenizer(b))
 
     byte = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    assert named(pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(G.LLAMA3_SPLIT_REGEX), "isolated"), byte]),
-                 ignore_merges=True) == "llama-bpe"
-    assert named(pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                          pre_tokenizers.ByteLevel(add_prefix_space=False)])) == "smollm"
+    assert (
+        named(
+            pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(G.LLAMA3_SPLIT_REGEX), "isolated"), byte]),
+            ignore_merges=True,
+        )
+        == "llama-bpe"
+    )
+    assert (
+        named(
+            pre_tokenizers.Sequence(
+                [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+            )
+        )
+        == "smollm"
+    )
     assert named(pre_tokenizers.ByteLevel(add_prefix_space=False)) == "gpt-2"
-    assert named(pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(G.QWEN2_SPLIT_REGEX), "isolated"), byte]),
-                 normalizers.NFC()) == "qwen2"
+    assert (
+        named(
+            pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(G.QWEN2_SPLIT_REGEX), "isolated"), byte]),
+            normalizers.NFC(),
+        )
+        == "qwen2"
+    )
     with pytest.raises(SrlmError, match="not one llama.cpp implements"):
         named(pre_tokenizers.Whitespace())
     with pytest.raises(SrlmError, match="not one llama.cpp implements"):  # llama3's split but without ignore_merges
@@ -242,8 +285,10 @@ def test_errors_name_the_file_and_field(tok, tmp_path):
     spm = _write_raw(tmp_path / "s.gguf", **{"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]})
     with pytest.raises(SrlmError, match="tokenizer.ggml.model is 'llama'"):
         G.tokenizer_from_metadata(G._metadata(G._open(spm)), str(spm))
-    odd = _write_raw(tmp_path / "p.gguf", **{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "nosuch",
-                                            "tokenizer.ggml.tokens": ["a"]})
+    odd = _write_raw(
+        tmp_path / "p.gguf",
+        **{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "nosuch", "tokenizer.ggml.tokens": ["a"]},
+    )
     with pytest.raises(SrlmError, match="tokenizer.ggml.pre is 'nosuch'"):
         G.tokenizer_from_metadata(G._metadata(G._open(odd)), str(odd))
     with pytest.raises(SrlmError, match="a .gguf file"):
@@ -255,8 +300,9 @@ def cli_main_convert_folder(tmp_path):
 
     folder = tmp_path / "folder"
     folder.mkdir()
-    return convert.main(type("A", (), {"path": str(folder), "out": str(tmp_path / "o"), "dtype": None,
-                                       "revision": None})())
+    return convert.main(
+        type("A", (), {"path": str(folder), "out": str(tmp_path / "o"), "dtype": None, "revision": None})()
+    )
 
 
 def test_info_reads_only_the_header(tok, tmp_path, capsys):

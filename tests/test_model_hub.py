@@ -45,9 +45,18 @@ def _lay_out(hub: Path, repo: str, commit: str, files: dict[str, bytes], refs: t
 def _checkpoint_files(tmp: Path, seed: int) -> dict[str, bytes]:
     torch.manual_seed(seed)
     tok = train_bpe(["the cat sat on the mat 12 + 30 = 42"] * 20, 300)
-    model = CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                            eos_token_id=tok.eos_token_id))
+    model = CausalLM(
+        preset(
+            "tiny",
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
     with torch.no_grad():  # far from init, so two seeds generate different text
         for w in model.parameters():
             w.add_(torch.randn_like(w) * 0.5)
@@ -96,8 +105,7 @@ def test_unknown_revision_offline_is_refused(hub, tmp_path):
 
 
 def test_pickles_only_is_refused(hub):
-    _lay_out(hub, "org/pickled", COMMIT_A, {"config.json": b'{"model_type": "llama"}',
-                                            "pytorch_model.bin": b"pickle"})
+    _lay_out(hub, "org/pickled", COMMIT_A, {"config.json": b'{"model_type": "llama"}', "pytorch_model.bin": b"pickle"})
     with pytest.raises(SrlmError, match="no safetensors weights; srlm never loads pickles"):
         resolve("org/pickled")
 
@@ -105,8 +113,12 @@ def test_pickles_only_is_refused(hub):
 def test_what_reads_as_a_hub_id(tmp_path):
     assert is_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct") and is_hub_id("Qwen/Qwen2.5-0.5B-Instruct")
     assert is_hub_id("org/name/model-Q8_0.gguf")
-    assert not is_hub_id("runs/sft/final") and not is_hub_id("./a/b") and not is_hub_id("/abs/path") \
+    assert (
+        not is_hub_id("runs/sft/final")
+        and not is_hub_id("./a/b")
+        and not is_hub_id("/abs/path")
         and not is_hub_id("tiny")
+    )
     (tmp_path / "ck").mkdir()
     with pytest.raises(SrlmError, match="applies to Hub ids"):
         resolve(tmp_path / "ck", revision="main")
@@ -143,8 +155,17 @@ def test_a_gguf_file_in_a_hub_repository(hub, tmp_path):
 
     torch.manual_seed(0)
     tok = train_bpe(["the cat sat on the mat 12 + 30 = 42"] * 20, 300)
-    model = CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    model = CausalLM(
+        preset(
+            "tiny",
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     path = export(model, tok, tmp_path / "m-f32.gguf", "f32")
     _lay_out(hub, "org/tiny-GGUF", COMMIT_A, {"m-f32.gguf": path.read_bytes(), "README.md": b"# tiny"})
     loaded, loaded_tok = srlm.load("org/tiny-GGUF/m-f32.gguf")

@@ -16,11 +16,30 @@ VOCAB = 311
 
 HF_CASES = {
     "llama-gqa-untied": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=False)),
-    "llama-tied-llama3-rope": ("LlamaConfig", dict(num_key_value_heads=1, tie_word_embeddings=True, rope_theta=500000.0,
-                                                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
-    "llama-linear-rope-bias": ("LlamaConfig", dict(num_key_value_heads=4, attention_bias=True, mlp_bias=True,
-                                                   rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "llama-tied-llama3-rope": (
+        "LlamaConfig",
+        dict(
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        ),
+    ),
+    "llama-linear-rope-bias": (
+        "LlamaConfig",
+        dict(
+            num_key_value_heads=4,
+            attention_bias=True,
+            mlp_bias=True,
+            rope_scaling={"rope_type": "linear", "factor": 2.0},
+        ),
+    ),
     "qwen2-tied": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)),
     "qwen2-untied": ("Qwen2Config", dict(num_key_value_heads=1, tie_word_embeddings=False)),
     "qwen3-gqa": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True)),
@@ -39,8 +58,8 @@ def _padded_batch():
     ids = torch.zeros(len(lengths), T, dtype=torch.long)
     mask = torch.zeros(len(lengths), T, dtype=torch.long)
     for i, n in enumerate(lengths):  # left padding, as generation uses
-        ids[i, T - n:] = torch.randint(1, VOCAB, (n,))
-        mask[i, T - n:] = 1
+        ids[i, T - n :] = torch.randint(1, VOCAB, (n,))
+        mask[i, T - n :] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, pos
 
@@ -160,10 +179,14 @@ def test_kv_cache_incremental_matches_full_forward():
         full = model(ids, position_ids=pos, attention_mask=mask)
         cache = KVCache.for_model(model, batch_size=ids.shape[0], max_len=32)
         T = ids.shape[1]
-        pre = model(ids[:, :T - 3], position_ids=pos[:, :T - 3], attention_mask=mask[:, :T - 3], kv_cache=cache)
+        pre = model(ids[:, : T - 3], position_ids=pos[:, : T - 3], attention_mask=mask[:, : T - 3], kv_cache=cache)
         steps = [pre]
         for t in range(T - 3, T):
-            steps.append(model(ids[:, t:t + 1], position_ids=pos[:, t:t + 1], attention_mask=mask[:, :t + 1], kv_cache=cache))
+            steps.append(
+                model(
+                    ids[:, t : t + 1], position_ids=pos[:, t : t + 1], attention_mask=mask[:, : t + 1], kv_cache=cache
+                )
+            )
         inc = torch.cat(steps, dim=1)
     assert _max_diff_on_real_tokens(full, inc, mask) <= 1e-5
 
@@ -181,12 +204,15 @@ def test_shared_prefix_forward_matches_the_concatenated_rows(over):
     h_pre, h_suf = m.shared_prefix_hidden_states(pre, suf)
     torch.testing.assert_close(h_pre.expand(3, -1, -1), full[:, :7], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h_suf, full[:, 7:], atol=1e-5, rtol=1e-5)
-    got = torch.autograd.grad((h_pre.expand(3, -1, -1) * w[:, :7]).sum() + (h_suf * w[:, 7:]).sum(), list(m.parameters()))
+    got = torch.autograd.grad(
+        (h_pre.expand(3, -1, -1) * w[:, :7]).sum() + (h_suf * w[:, 7:]).sum(), list(m.parameters())
+    )
     for g, r in zip(got, want):
         torch.testing.assert_close(g, r, atol=1e-5 * float(r.abs().max()) + 1e-7, rtol=1e-4)
     _, h1 = m.shared_prefix_hidden_states(pre[:, :1], suf[:, :1])  # one-token prompt and continuation
-    torch.testing.assert_close(h1, m.hidden_states(torch.cat([pre[:, :1].expand(3, -1), suf[:, :1]], 1))[:, 1:],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        h1, m.hidden_states(torch.cat([pre[:, :1].expand(3, -1), suf[:, :1]], 1))[:, 1:], atol=1e-5, rtol=1e-5
+    )
     m.model.gradient_checkpointing = True
     with pytest.raises(ValueError, match="checkpointing"):
         m.shared_prefix_hidden_states(pre, suf)
@@ -218,6 +244,7 @@ def test_logit_chunks_follow_a_memory_budget():
 
 # ---------------------------------------------------------------- clear errors
 
+
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(SrlmError, match="not a checkpoint folder"):
         load_model(tmp_path / "nope")
@@ -245,7 +272,7 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(SrlmError, match="missing tensor.*model.layers.4"):
         load_model(tmp_path / "ck")
 
-    (tmp_path / "ck" / "config.json").write_text("{\n  \"model_type\": \"llama\",\n  oops\n}")
+    (tmp_path / "ck" / "config.json").write_text('{\n  "model_type": "llama",\n  oops\n}')
     with pytest.raises(SrlmError, match="config.json: line 3"):
         load_model(tmp_path / "ck")
 

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 import srlm
+from _real_model import smollm2_gguf
 from srlm import cli
 from srlm.data.chat import example_to_messages, tokenize_conversation
 from srlm.data.synthetic import generate_problems
 from srlm.infer.engine import Engine
-
-from _real_model import smollm2_gguf
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,11 +46,12 @@ def _hf_ids(hf_tok, messages):
 
 
 def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    gen = transformers.GenerationConfig(max_new_tokens=n, min_new_tokens=0, do_sample=False, eos_token_id=None,
-                                        pad_token_id=0)
+    gen = transformers.GenerationConfig(
+        max_new_tokens=n, min_new_tokens=0, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
     x = torch.tensor([ids])
     with torch.no_grad():
-        return model.generate(x, attention_mask=torch.ones_like(x), generation_config=gen)[0, len(ids):].tolist()
+        return model.generate(x, attention_mask=torch.ones_like(x), generation_config=gen)[0, len(ids) :].tolist()
 
 
 def _our_greedy(model, tok, ids: list[int], n: int) -> list[int]:
@@ -60,13 +60,15 @@ def _our_greedy(model, tok, ids: list[int], n: int) -> list[int]:
 
 def test_import_equals_transformers_gguf_loader(gguf_path, ours):
     model, tok = ours
-    hf = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                           dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    ).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True)
     assert ids == _hf_ids(hf_tok, MESSAGES)
-    assert tok.encode("x = 123 + 4567;\n  y\t=  'naïve 🦙'") == hf_tok.encode("x = 123 + 4567;\n  y\t=  'naïve 🦙'",
-                                                                              add_special_tokens=False)
+    assert tok.encode("x = 123 + 4567;\n  y\t=  'naïve 🦙'") == hf_tok.encode(
+        "x = 123 + 4567;\n  y\t=  'naïve 🦙'", add_special_tokens=False
+    )
     x = torch.tensor([ids])
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-4, atol=1e-4)
@@ -107,11 +109,26 @@ def test_lora_sft_lowers_the_loss_and_the_adapter_loads_in_peft(gguf_path, folde
     from srlm.train.sft import SFTConfig, run
 
     base, tok = ours
-    cfg = load_config(SFTConfig, None, {
-        "model": str(gguf_path), "out_dir": str(tmp_path / "sft"), "data": ["synth-arith"],
-        "data_options": {"n_train": 32, "difficulties": [1], "seed": 7}, "think": False, "steps": 4,
-        "batch_size": 4, "lr": 2e-3, "warmup_steps": 0, "dtype": "fp32", "max_seq_len": 128, "progress": False,
-        "num_threads": 2, "lora": {"enabled": True, "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}})
+    cfg = load_config(
+        SFTConfig,
+        None,
+        {
+            "model": str(gguf_path),
+            "out_dir": str(tmp_path / "sft"),
+            "data": ["synth-arith"],
+            "data_options": {"n_train": 32, "difficulties": [1], "seed": 7},
+            "think": False,
+            "steps": 4,
+            "batch_size": 4,
+            "lr": 2e-3,
+            "warmup_steps": 0,
+            "dtype": "fp32",
+            "max_seq_len": 128,
+            "progress": False,
+            "num_threads": 2,
+            "lora": {"enabled": True, "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        },
+    )
     run(cfg)
     tuned, _ = srlm.load(tmp_path / "sft" / "final")
     convs = _conversations(4)
@@ -131,13 +148,28 @@ def test_grpo_with_lora_changes_the_adapter(gguf_path, tmp_path):
     from srlm.train.config import load_config
     from srlm.train.grpo import GRPOConfig, run
 
-    cfg = load_config(GRPOConfig, None, {
-        "model": str(gguf_path), "out_dir": str(tmp_path / "grpo"), "task": "synth-arith",
-        "task_options": {"difficulties": [1]}, "num_prompts": 8, "steps": 2, "batch_size": 8,
-        "num_generations": 4, "max_new_tokens": 24, "temperature": 1.0, "lr": 1e-3, "dtype": "fp32",
-        "progress": False, "num_threads": 2, "seed": 0,
-        "rewards": {"correct": 1.0, "format": 0.1},
-        "lora": {"enabled": True, "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}})
+    cfg = load_config(
+        GRPOConfig,
+        None,
+        {
+            "model": str(gguf_path),
+            "out_dir": str(tmp_path / "grpo"),
+            "task": "synth-arith",
+            "task_options": {"difficulties": [1]},
+            "num_prompts": 8,
+            "steps": 2,
+            "batch_size": 8,
+            "num_generations": 4,
+            "sampling": {"max_new_tokens": 24, "temperature": 1.0},
+            "lr": 1e-3,
+            "dtype": "fp32",
+            "progress": False,
+            "num_threads": 2,
+            "seed": 0,
+            "rewards": {"correct": 1.0, "format": 0.1},
+            "lora": {"enabled": True, "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        },
+    )
     run(cfg)
     logs = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     adapter = load_file(tmp_path / "grpo" / "final" / "adapter" / "adapter_model.safetensors")
@@ -147,8 +179,22 @@ def test_grpo_with_lora_changes_the_adapter(gguf_path, tmp_path):
 
 
 def test_bench_takes_the_gguf_and_compares_with_transformers(gguf_path, capsys):
-    args = ["bench", str(gguf_path), "--compare", "hf", "--prompt-len", "8", "--new-tokens", "4", "--prefill-len", "16",
-            "--batch", "1", "--rounds", "1"]
+    args = [
+        "bench",
+        str(gguf_path),
+        "--compare",
+        "hf",
+        "--prompt-len",
+        "8",
+        "--new-tokens",
+        "4",
+        "--prefill-len",
+        "16",
+        "--batch",
+        "1",
+        "--rounds",
+        "1",
+    ]
     assert cli.main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["params"] == 134_515_008 and result["dtype"] == "float32" and result["hf"]["dtype"] == "float32"

@@ -7,13 +7,12 @@ import pytest
 import torch
 import yaml
 
+from _train_fixtures import make_tokenizer
 from srlm.errors import SrlmError
 from srlm.model import CausalLM, preset, save
 from srlm.recipes.recipe import builtin_recipes, load_recipe
 from srlm.recipes.runner import Runner
 from srlm.tokenizer import Tokenizer
-
-from _train_fixtures import make_tokenizer
 
 SAMPLES = Path(__file__).resolve().parent / "data"
 GSM8K = SAMPLES / "gsm8k" / "train_sample.jsonl"
@@ -28,19 +27,41 @@ def checkpoints(tmp_path_factory):
     out = {}
     for name, width in (("student", 32), ("teacher", 48)):
         torch.manual_seed(width)
-        cfg = preset("qwen2.5-0.5b", vocab_size=tok.vocab_size, hidden_size=width, intermediate_size=2 * width,
-                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                     eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=True)
+        cfg = preset(
+            "qwen2.5-0.5b",
+            vocab_size=tok.vocab_size,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=1024,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=None,
+            tie_word_embeddings=True,
+        )
         out[name] = save(CausalLM(cfg), root / name, tokenizer=tok)
     return out
 
 
 def _study_sets(recipe_name, checkpoints):
-    sets = [f"student={checkpoints['student']}", f"teacher={checkpoints['teacher']}", f"gsm8k_train={GSM8K}",
-            f"gsm8k_test={GSM8K}", "eval.n=2", "eval.batch_size=2", "eval.max_new_tokens=6",
-            "defaults.dtype=fp32", "defaults.batch_size=2", "defaults.grad_accum=1", "defaults.max_seq_len=96",
-            "defaults.num_threads=1", "defaults.progress=false", "defaults.save_every=0",
-            "defaults.gradient_checkpointing=false"]
+    sets = [
+        f"student={checkpoints['student']}",
+        f"teacher={checkpoints['teacher']}",
+        f"gsm8k_train={GSM8K}",
+        f"gsm8k_test={GSM8K}",
+        "eval.n=2",
+        "eval.batch_size=2",
+        "eval.max_new_tokens=6",
+        "defaults.dtype=fp32",
+        "defaults.batch_size=2",
+        "defaults.grad_accum=1",
+        "defaults.max_seq_len=96",
+        "defaults.num_threads=1",
+        "defaults.progress=false",
+        "defaults.save_every=0",
+        "defaults.gradient_checkpointing=false",
+    ]
     recipe = load_recipe(recipe_name, sets)
     for s in recipe["stages"]:
         if s["kind"] == "eval":
@@ -49,8 +70,14 @@ def _study_sets(recipe_name, checkpoints):
         if s["kind"] in ("sft", "kd"):
             sets += [f"{s['name']}.val_size=0", f"{s['name']}.data_limit=8"]
         if s["kind"] == "grpo":
-            sets += [f"{s['name']}.batch_size=4", f"{s['name']}.grad_accum=1", f"{s['name']}.num_generations=2",
-                     f"{s['name']}.sampling.max_new_tokens=6", f"{s['name']}.num_prompts=4", f"{s['name']}.save_every=0"]
+            sets += [
+                f"{s['name']}.batch_size=4",
+                f"{s['name']}.grad_accum=1",
+                f"{s['name']}.num_generations=2",
+                f"{s['name']}.sampling.max_new_tokens=6",
+                f"{s['name']}.num_prompts=4",
+                f"{s['name']}.save_every=0",
+            ]
     return sets
 
 
@@ -72,11 +99,26 @@ def test_study_recipe_runs_end_to_end(name, checkpoints, tmp_path):
 
 
 def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
-    sets = ["eval.n=3", "eval.batch_size=3", "eval.max_new_tokens=4", "defaults.num_threads=1",
-            "defaults.max_seq_len=128", "defaults.batch_size=4", "tokenizer.train.examples=200",
-            "task_options.n_train=64", "teacher.steps=1", "sft.steps=4", "sft.save_every=2", "sft.keep_last=2", "kd.steps=1",
-            "grpo.steps=1", "grpo.batch_size=4", "grpo.num_generations=2", "grpo.sampling.max_new_tokens=4",
-            "grpo.num_prompts=4"]
+    sets = [
+        "eval.n=3",
+        "eval.batch_size=3",
+        "eval.max_new_tokens=4",
+        "defaults.num_threads=1",
+        "defaults.max_seq_len=128",
+        "defaults.batch_size=4",
+        "tokenizer.train.examples=200",
+        "task_options.n_train=64",
+        "teacher.steps=1",
+        "sft.steps=4",
+        "sft.save_every=2",
+        "sft.keep_last=2",
+        "kd.steps=1",
+        "grpo.steps=1",
+        "grpo.batch_size=4",
+        "grpo.num_generations=2",
+        "grpo.sampling.max_new_tokens=4",
+        "grpo.num_prompts=4",
+    ]
     for key in ("teacher", "sft", "kd"):
         sets.append(f"{key}.val_size=0")
     recipe = load_recipe("default", sets)
@@ -106,11 +148,28 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path, mo
 
 
 def _tiny_default(*extra):
-    sets = ["eval.n=3", "eval.batch_size=3", "eval.max_new_tokens=4", "defaults.num_threads=1",
-            "defaults.max_seq_len=128", "defaults.batch_size=4", "tokenizer.train.examples=200",
-            "task_options.n_train=64", "teacher.steps=1", "sft.steps=2", "kd.steps=1", "grpo.steps=1",
-            "grpo.batch_size=4", "grpo.num_generations=2", "grpo.sampling.max_new_tokens=4", "grpo.num_prompts=4",
-            "teacher.val_size=0", "sft.val_size=0", "kd.val_size=0", *extra]
+    sets = [
+        "eval.n=3",
+        "eval.batch_size=3",
+        "eval.max_new_tokens=4",
+        "defaults.num_threads=1",
+        "defaults.max_seq_len=128",
+        "defaults.batch_size=4",
+        "tokenizer.train.examples=200",
+        "task_options.n_train=64",
+        "teacher.steps=1",
+        "sft.steps=2",
+        "kd.steps=1",
+        "grpo.steps=1",
+        "grpo.batch_size=4",
+        "grpo.num_generations=2",
+        "grpo.sampling.max_new_tokens=4",
+        "grpo.num_prompts=4",
+        "teacher.val_size=0",
+        "sft.val_size=0",
+        "kd.val_size=0",
+        *extra,
+    ]
     return load_recipe("default", sets)
 
 
@@ -124,9 +183,14 @@ def test_rerun_with_changed_settings_redoes_the_stage_and_what_follows(tmp_path,
     real_run = loop.Trainer.run
     monkeypatch.setattr(loop.Trainer, "run", lambda self: trained.append(self.stage_name) or real_run(self))
     real_eval = eval_run.evaluate
-    monkeypatch.setattr(eval_run, "evaluate", lambda ckpt, *a, **kw: evaluated.append(Path(ckpt).parent.name
-                                                                                       if Path(ckpt).name == "final"
-                                                                                       else "base") or real_eval(ckpt, *a, **kw))
+    monkeypatch.setattr(
+        eval_run,
+        "evaluate",
+        lambda ckpt, *a, **kw: (
+            evaluated.append(Path(ckpt).parent.name if Path(ckpt).name == "final" else "base")
+            or real_eval(ckpt, *a, **kw)
+        ),
+    )
 
     msgs = []
     summary = Runner(_tiny_default("sft.steps=4"), out, log=msgs.append).run()
@@ -146,8 +210,11 @@ def test_rerun_with_changed_settings_redoes_the_stage_and_what_follows(tmp_path,
     assert (out / "sft.superseded" / "done.json").is_file()
     md = (out / "report.md").read_text()
     assert "95% Wilson interval" in md and "change from stage to stage" in md and "| base -> sft |" in md
-    assert [(c["from"], c["to"]) for c in report["changes"]["synth-gsm"]] == [("base", "sft"), ("sft", "kd"),
-                                                                              ("kd", "grpo")]
+    assert [(c["from"], c["to"]) for c in report["changes"]["synth-gsm"]] == [
+        ("base", "sft"),
+        ("sft", "kd"),
+        ("kd", "grpo"),
+    ]
 
     # an unchanged re-run does nothing; a larger held-out set re-evaluates every stage, trains none
     trained.clear(), evaluated.clear()
@@ -181,8 +248,11 @@ def test_recipe_errors_are_clear(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured (AVX2 EPYC, 2 cores, 510 held-out problems): GRPO moved the hardest "
-                   "level d3 by +1.2 points (KD 31.2 -> GRPO 32.4), short of the +5 this test asks; see the README")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured (AVX2 EPYC, 2 cores, 510 held-out problems): GRPO moved the hardest "
+    "level d3 by +1.2 points (KD 31.2 -> GRPO 32.4), short of the +5 this test asks; see the README",
+)
 def test_default_pipeline_meets_its_targets(tmp_path):
     """The full built-in run (about 20 minutes on 2 quiet cores)."""
     summary = Runner(load_recipe("default"), tmp_path / "run").run()
@@ -217,10 +287,22 @@ def test_real_model_recipe_runs_from_a_gguf(checkpoints, tmp_path):
 
     model, tok = srlm.load(checkpoints["student"])
     gguf = export(model, tok, tmp_path / "student.gguf", "f32")
-    sets = [f"smollm2={gguf}", "eval.n=2", "eval.batch_size=2", "eval.max_new_tokens=6", "defaults.num_threads=1",
-            "defaults.max_seq_len=96", "defaults.save_every=0", "sft.steps=2", "sft.batch_size=2",
-            "grpo.steps=1", "grpo.batch_size=4", "grpo.num_generations=2", "grpo.max_new_tokens=6",
-            "grpo.num_prompts=4"]
+    sets = [
+        f"smollm2={gguf}",
+        "eval.n=2",
+        "eval.batch_size=2",
+        "eval.max_new_tokens=6",
+        "defaults.num_threads=1",
+        "defaults.max_seq_len=96",
+        "defaults.save_every=0",
+        "sft.steps=2",
+        "sft.batch_size=2",
+        "grpo.steps=1",
+        "grpo.batch_size=4",
+        "grpo.num_generations=2",
+        "grpo.sampling.max_new_tokens=6",
+        "grpo.num_prompts=4",
+    ]
     summary = Runner(load_recipe("smollm2-135m-synth", sets), tmp_path / "run", log=lambda *a: None).run()
     assert [s["name"] for s in summary["stages"]] == ["instruct", "sft", "grpo"]
     assert summary["stages"][0]["start"] == str(tmp_path / "run" / "init" / "student")

@@ -14,7 +14,6 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
 from _serve_fixtures import live_server, make_checkpoint
-
 from srlm.infer import load_engine
 from srlm.serve.app import ServeSettings, create_app
 
@@ -40,13 +39,18 @@ def client(server):
 
 def _engine_text(engine, ids, **kw):
     out = engine.generate([ids], temperature=0, **kw)[0][0]
-    body = out.token_ids[:-1] if out.finish_reason == "stop" and out.token_ids[-1] in engine.stop_token_ids else out.token_ids
+    body = (
+        out.token_ids[:-1]
+        if out.finish_reason == "stop" and out.token_ids[-1] in engine.stop_token_ids
+        else out.token_ids
+    )
     return engine.tokenizer.decode(body, skip_special_tokens=True), out
 
 
 def test_chat_equals_the_engine_and_splits_the_reasoning(client, engine):
-    r = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=24, temperature=0,
-                                       extra_body={"thinking_budget": 6})
+    r = client.chat.completions.create(
+        model="tiny", messages=QUESTION, max_tokens=24, temperature=0, extra_body={"thinking_budget": 6}
+    )
     ids = engine.tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)
     text, out = _engine_text(engine, ids, max_new_tokens=24, thinking_budget=6)
     msg = r.choices[0].message
@@ -65,8 +69,9 @@ def test_streamed_chat_joins_to_the_plain_reply_and_reports_usage(client):
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     assert chunks[0].choices[0].delta.role == "assistant"
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
-                        for c in chunks if c.choices)
+    reasoning = "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks if c.choices
+    )
     assert content == plain.choices[0].message.content
     assert reasoning == plain.choices[0].message.model_extra["reasoning_content"]
     assert len([c for c in chunks if c.choices and (c.choices[0].delta.content or "")]) > 1  # really streamed
@@ -75,8 +80,15 @@ def test_streamed_chat_joins_to_the_plain_reply_and_reports_usage(client):
 
 
 def test_n_samples_and_seeds(client):
-    kw = dict(model="tiny", messages=QUESTION, max_tokens=12, temperature=1.0, n=3, seed=7,
-              extra_body={"thinking_budget": 2, "ignore_eos": True})
+    kw = dict(
+        model="tiny",
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=1.0,
+        n=3,
+        seed=7,
+        extra_body={"thinking_budget": 2, "ignore_eos": True},
+    )
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
     texts = [c.message.content for c in a.choices]
     assert [c.index for c in a.choices] == [0, 1, 2]
@@ -90,17 +102,26 @@ def test_n_samples_and_seeds(client):
 
 def test_completions_plain_streaming_batched_prompts_and_logprobs(client, engine):
     r = client.completions.create(model="tiny", prompt="Tom has 12 apples", max_tokens=10, temperature=0, logprobs=2)
-    text, out = _engine_text(engine, engine.tokenizer.encode("Tom has 12 apples", add_special_tokens=True),
-                             max_new_tokens=10, return_logprobs=True)
+    text, out = _engine_text(
+        engine,
+        engine.tokenizer.encode("Tom has 12 apples", add_special_tokens=True),
+        max_new_tokens=10,
+        return_logprobs=True,
+    )
     c = r.choices[0]
     assert c.text == text and c.finish_reason == "length"
     assert c.logprobs.token_logprobs == pytest.approx(out.logprobs, abs=1e-4)
     assert all(len(t) == 2 for t in c.logprobs.top_logprobs)
-    streamed = "".join(ch.choices[0].text for ch in client.completions.create(
-        model="tiny", prompt="Tom has 12 apples", max_tokens=10, temperature=0, stream=True))
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in client.completions.create(
+            model="tiny", prompt="Tom has 12 apples", max_tokens=10, temperature=0, stream=True
+        )
+    )
     assert streamed == text
-    many = client.completions.create(model="tiny", prompt=["Ann has", "Tom has 12 apples"], max_tokens=10,
-                                     temperature=0, n=2)
+    many = client.completions.create(
+        model="tiny", prompt=["Ann has", "Tom has 12 apples"], max_tokens=10, temperature=0, n=2
+    )
     assert [ch.index for ch in many.choices] == [0, 1, 2, 3]
     assert many.choices[2].text == many.choices[3].text == text
     ids = engine.tokenizer.encode("Ann has", add_special_tokens=True)
@@ -113,13 +134,14 @@ def test_completions_plain_streaming_batched_prompts_and_logprobs(client, engine
 
 def test_stop_strings_and_chat_logprobs(client):
     free = client.completions.create(model="tiny", prompt="Tom has", max_tokens=30, temperature=0).choices[0].text
-    clean = [free[i:i + 2] for i in range(3, len(free) - 2) if "\ufffd" not in free[i:i + 2]]
+    clean = [free[i : i + 2] for i in range(3, len(free) - 2) if "\ufffd" not in free[i : i + 2]]
     stop = clean[len(clean) // 2]
     cut = client.completions.create(model="tiny", prompt="Tom has", max_tokens=30, temperature=0, stop=[stop, "zzz"])
-    assert cut.choices[0].text == free[:free.index(stop)] and cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == free[: free.index(stop)] and cut.choices[0].finish_reason == "stop"
     assert cut.usage.completion_tokens < 30
-    r = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=5, temperature=0, logprobs=True,
-                                       top_logprobs=3)
+    r = client.chat.completions.create(
+        model="tiny", messages=QUESTION, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3
+    )
     entries = r.choices[0].logprobs.content
     assert len(entries) == 5 and all(len(e.top_logprobs) == 3 and e.logprob <= 0 for e in entries)
     assert entries[0].top_logprobs[0].logprob == pytest.approx(entries[0].logprob)  # greedy took the best
@@ -133,7 +155,9 @@ def test_models_health_and_spec(server):
     assert httpx.get(url + "/v1/models/other").json()["error"]["code"] == "model_not_found"
     assert httpx.get(url + "/health").json()["status"] == "ok"
     spec = httpx.get(url + "/openapi.json").json()
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model_id}", "/health"} <= set(spec["paths"])
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model_id}", "/health"} <= set(
+        spec["paths"]
+    )
     page = httpx.get(url + "/")
     assert page.status_code == 200 and "<script" in page.text and "http" not in page.text.split("<script")[1]
 
@@ -142,8 +166,11 @@ BAD_CHAT = [
     ({}, 400, "messages"),
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.[0].role"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400,
-     "messages.[0].content"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        400,
+        "messages.[0].content",
+    ),
     ({"messages": [{"role": "user", "content": "\ud800"}]}, 400, "messages.[0].content"),
     ({"temperature": 3}, 400, "temperature"),
     ({"temperature": "hot"}, 400, "temperature"),
@@ -181,10 +208,20 @@ def test_bad_chat_requests_get_a_4xx_naming_the_field(server, patch, status, par
     assert err["param"] == param and err["message"] and err["type"]
 
 
-@pytest.mark.parametrize("patch, param", [({"prompt": ""}, "prompt"), ({"prompt": [10**6]}, "prompt"),
-                                          ({"prompt": [[]]}, "prompt"), ({"prompt": [1.5]}, "prompt"), ({"prompt": [[1], "Tom"]}, "prompt"),
-                                          ({"prompt": ["a"] * 5, "n": 2}, "n"), ({"echo": True}, "echo"),
-                                          ({"logprobs": 9}, "logprobs"), ({"max_tokens": 500}, "max_tokens")])
+@pytest.mark.parametrize(
+    "patch, param",
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": [10**6]}, "prompt"),
+        ({"prompt": [[]]}, "prompt"),
+        ({"prompt": [1.5]}, "prompt"),
+        ({"prompt": [[1], "Tom"]}, "prompt"),
+        ({"prompt": ["a"] * 5, "n": 2}, "n"),
+        ({"echo": True}, "echo"),
+        ({"logprobs": 9}, "logprobs"),
+        ({"max_tokens": 500}, "max_tokens"),
+    ],
+)
 def test_bad_completion_requests_get_a_4xx_naming_the_field(server, patch, param):
     r = httpx.post(server[0] + "/v1/completions", json={"prompt": "Tom", "max_tokens": 4, **patch})
     assert r.status_code == 400, r.text
@@ -193,8 +230,13 @@ def test_bad_completion_requests_get_a_4xx_naming_the_field(server, patch, param
 
 def test_malformed_and_oversized_bodies(server, engine):
     url, _ = server
-    for content, status in [(b"{not json", 400), (b"[1, 2]", 400), (b"", 400), (b'"text"', 400),
-                            (json.dumps({"messages": QUESTION, "pad": "x" * (2 << 20)}).encode(), 413)]:
+    for content, status in [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (b"", 400),
+        (b'"text"', 400),
+        (json.dumps({"messages": QUESTION, "pad": "x" * (2 << 20)}).encode(), 413),
+    ]:
         r = httpx.post(url + "/v1/chat/completions", content=content, headers={"content-type": "application/json"})
         assert r.status_code == status and "error" in r.json(), (content[:20], r.text)
     assert httpx.get(url + "/v1/nothing").status_code == 404
@@ -212,8 +254,12 @@ def test_late_requests_join_the_running_batch(server, engine, monkeypatch):
     monkeypatch.setattr(type(sched.batch), "step", lambda self: (time.sleep(0.002), real(self))[1])  # >= 0.4 s
     seen_rows = []
     order = []
-    with httpx.stream("POST", url + "/v1/completions", timeout=60, json={
-            "prompt": "Tom has", "max_tokens": 200, "temperature": 0, "stream": True, "ignore_eos": True}) as long:
+    with httpx.stream(
+        "POST",
+        url + "/v1/completions",
+        timeout=60,
+        json={"prompt": "Tom has", "max_tokens": 200, "temperature": 0, "stream": True, "ignore_eos": True},
+    ) as long:
         lines = long.iter_lines()
         next(line for line in lines if line.startswith("data: "))  # the long one is decoding
 
@@ -241,8 +287,11 @@ def _raw_post(url, path, body):
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     data = json.dumps(body).encode()
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
     return sock
 
 
@@ -259,8 +308,9 @@ def test_a_client_that_leaves_frees_its_row(server, monkeypatch):
     real = type(sched.batch).step
     monkeypatch.setattr(type(sched.batch), "step", lambda self: (time.sleep(0.005), real(self))[1])  # >= 1.2 s of work
     for stream in (True, False):
-        sock = _raw_post(url, "/v1/completions", {"prompt": "Tom has", "max_tokens": 240, "stream": stream,
-                                                  "ignore_eos": True})
+        sock = _raw_post(
+            url, "/v1/completions", {"prompt": "Tom has", "max_tokens": 240, "stream": stream, "ignore_eos": True}
+        )
         if stream:  # tokens are flowing
             got = b""
             while b"data: " not in got:

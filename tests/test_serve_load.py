@@ -14,7 +14,6 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
 
-from _serve_fixtures import live_server, make_checkpoint
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -25,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from _serve_fixtures import live_server, make_checkpoint
 from srlm.infer import load_engine
 from srlm.serve.app import ServeSettings, create_app
 
@@ -58,8 +58,9 @@ def test_sixteen_clients_twenty_requests_each(server):
                 assert r.status_code == 200, data
                 choice = data["choices"][0]
                 assert choice["finish_reason"] == "length" and data["usage"]["completion_tokens"] == NEW_TOKENS
-                assert (choice["message"]["reasoning_content"] or choice["message"]["content"]) if chat \
-                    else choice["text"]
+                assert (
+                    (choice["message"]["reasoning_content"] or choice["message"]["content"]) if chat else choice["text"]
+                )
             except Exception as e:  # counted, reported below
                 errors.append(f"client {i} request {j}: {type(e).__name__}: {e}")
                 continue
@@ -79,26 +80,38 @@ def test_sixteen_clients_twenty_requests_each(server):
     assert errors == []
     assert len(latencies) == CLIENTS * REQUESTS
     q = statistics.quantiles(latencies, n=100)
-    print(f"\n{CLIENTS} clients x {REQUESTS} requests, {NEW_TOKENS} tokens each: p50 {q[49] * 1000:.0f} ms, "
-          f"p99 {q[98] * 1000:.0f} ms, {sum(tokens) / wall:.0f} tokens/s, {len(latencies) / wall:.1f} requests/s, "
-          f"{sum(tokens) / steps:.1f} rows per decode step")
+    print(
+        f"\n{CLIENTS} clients x {REQUESTS} requests, {NEW_TOKENS} tokens each: p50 {q[49] * 1000:.0f} ms, "
+        f"p99 {q[98] * 1000:.0f} ms, {sum(tokens) / wall:.0f} tokens/s, {len(latencies) / wall:.1f} requests/s, "
+        f"{sum(tokens) / steps:.1f} rows per decode step"
+    )
     # the requests shared decode steps: one at a time would take one step per token
     assert steps < sum(tokens) / 2
 
 
 # "positive": requests the spec allows; "negative": requests it does not (each must get a 4xx); the GETs take
 # no parameters, so there is nothing to get wrong in them
-OPERATIONS = [("POST", "/v1/chat/completions", "positive"), ("POST", "/v1/chat/completions", "negative"),
-              ("POST", "/v1/completions", "positive"), ("POST", "/v1/completions", "negative"),
-              ("GET", "/v1/models", "positive"), ("GET", "/v1/models/{model_id}", "positive"),
-              ("GET", "/health", "positive")]
+OPERATIONS = [
+    ("POST", "/v1/chat/completions", "positive"),
+    ("POST", "/v1/chat/completions", "negative"),
+    ("POST", "/v1/completions", "positive"),
+    ("POST", "/v1/completions", "negative"),
+    ("GET", "/v1/models", "positive"),
+    ("GET", "/v1/models/{model_id}", "positive"),
+    ("GET", "/health", "positive"),
+]
 
 
 # a documented status and content type, the body the spec says, schema-invalid requests refused; not
 # "every schema-valid request is accepted": limits known only at run time (the context left for max_tokens,
 # n x prompts within --max-batch) refuse some, with a 400 that names the field
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
 
 
 @pytest.mark.parametrize("method, path, mode", OPERATIONS, ids=[" ".join(o) for o in OPERATIONS])

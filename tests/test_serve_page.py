@@ -13,18 +13,31 @@ pytest.importorskip("fastapi")
 playwright = pytest.importorskip("playwright.sync_api")
 
 from _serve_fixtures import live_server, make_checkpoint
-
 from srlm.infer import load_engine
 from srlm.serve.app import ServeSettings, create_app
 
 CHROMIUM = os.environ.get("SRLM_CHROMIUM") or next(
-    (p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium") if p and
-     os.path.exists(p)), None)
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    (
+        p
+        for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+        if p and os.path.exists(p)
+    ),
+    None,
+)
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium found (apt-get install chromium, or set "
-                                                         "SRLM_CHROMIUM to a Chromium binary)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium found (apt-get install chromium, or set SRLM_CHROMIUM to a Chromium binary)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +73,8 @@ def test_a_question_streams_an_answer_with_its_reasoning_apart(page, served, tmp
     url, _ = served
     pg.wait_for_function("document.getElementById('model').textContent.startsWith('tiny-thinker')")
     pg.evaluate("""() => { window.answerUpdates = 0;
-        new MutationObserver((ms) => { for (const m of ms) if (m.target.classList?.contains('answer')) window.answerUpdates++; })
+        new MutationObserver((ms) => {
+            for (const m of ms) if (m.target.classList?.contains('answer')) window.answerUpdates++; })
           .observe(document.getElementById('thread'), {subtree: true, childList: true, characterData: true}); }""")
     question = "Tom has 12 apples and eats 3. How many are left?"
     _ask(pg, question)
@@ -73,11 +87,19 @@ def test_a_question_streams_an_answer_with_its_reasoning_apart(page, served, tmp
     answer = reply.locator(".answer").text_content()
     assert thought and answer
     assert pg.evaluate("window.answerUpdates") > 1  # the answer arrived in pieces
-    assert reply.get_attribute("data-finished") == "length" and "cut at max tokens" in reply.locator(".meta").inner_text()
+    assert (
+        reply.get_attribute("data-finished") == "length" and "cut at max tokens" in reply.locator(".meta").inner_text()
+    )
     # what the page shows is what the API returns for the same request
-    ref = httpx.post(url + "/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 40,
-        "thinking_budget": 8}).json()["choices"][0]["message"]
+    ref = httpx.post(
+        url + "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 40,
+            "thinking_budget": 8,
+        },
+    ).json()["choices"][0]["message"]
     assert (thought, answer) == (ref["reasoning_content"], ref["content"])
     assert pg.locator(".msg.user").last.inner_text() == question
     assert all(r.startswith(url) for r in requests)  # nothing fetched from anywhere else
@@ -91,9 +113,15 @@ def test_the_stop_button_ends_the_reply_and_frees_its_row(page, served, monkeypa
     url, app = served
     sched = app.state.scheduler
     question = "Tom has 12 apples and eats 3. How many are left?"
-    full = httpx.post(url + "/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 400,
-        "thinking_budget": 8}).json()
+    full = httpx.post(
+        url + "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": 400,
+            "thinking_budget": 8,
+        },
+    ).json()
     assert full["usage"]["completion_tokens"] > 200  # left alone, this reply runs a while
     real = type(sched.batch).step
     monkeypatch.setattr(type(sched.batch), "step", lambda self: (time.sleep(0.02), real(self))[1])  # 4 s and more

@@ -4,10 +4,11 @@ import json
 from argparse import Namespace
 
 import pytest
-from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as Backend
 
-from srlm.errors import SrlmError
 from srlm.commands.tokenizer import add_arguments, main
+from srlm.errors import SrlmError
 from srlm.tokenizer import StreamDecoder, Tokenizer, train_bpe
 
 # Qwen2.5-Instruct's published template (tokenizer_config.json "chat_template").
@@ -19,27 +20,27 @@ QWEN25_TEMPLATE = (
     "    {%- else %}\n"
     "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n"
     "    {%- endif %}\n"
-    "    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n"
+    '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n'
+    'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
     "    {%- for tool in tools %}\n"
-    "        {{- \"\\n\" }}\n"
+    '        {{- "\\n" }}\n'
     "        {{- tool | tojson }}\n"
     "    {%- endfor %}\n"
-    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
-    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
-    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n"
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": '
+    '<args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
     "{%- else %}\n"
     "    {%- if messages[0]['role'] == 'system' %}\n"
     "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
     "    {%- else %}\n"
-    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n"
+    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n"  # noqa: E501  (verbatim)
     "    {%- endif %}\n"
     "{%- endif %}\n"
     "{%- for message in messages %}\n"
-    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or "
-    "(message.role == \"assistant\" and not message.tool_calls) %}\n"
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or '
+    '(message.role == "assistant" and not message.tool_calls) %}\n'
     "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
-    "    {%- elif message.role == \"assistant\" %}\n"
+    '    {%- elif message.role == "assistant" %}\n'
     "        {{- '<|im_start|>' + message.role }}\n"
     "        {%- if message.content %}\n"
     "            {{- '\\n' + message.content }}\n"
@@ -48,21 +49,21 @@ QWEN25_TEMPLATE = (
     "            {%- if tool_call.function is defined %}\n"
     "                {%- set tool_call = tool_call.function %}\n"
     "            {%- endif %}\n"
-    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n"
+    '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n'
     "            {{- tool_call.name }}\n"
-    "            {{- '\", \"arguments\": ' }}\n"
+    '            {{- \'", "arguments": \' }}\n'
     "            {{- tool_call.arguments | tojson }}\n"
     "            {{- '}\\n</tool_call>' }}\n"
     "        {%- endfor %}\n"
     "        {{- '<|im_end|>\\n' }}\n"
-    "    {%- elif message.role == \"tool\" %}\n"
-    "        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n'
     "            {{- '<|im_start|>user' }}\n"
     "        {%- endif %}\n"
     "        {{- '\\n<tool_response>\\n' }}\n"
     "        {{- message.content }}\n"
     "        {{- '\\n</tool_response>' }}\n"
-    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
     "            {{- '<|im_end|>\\n' }}\n"
     "        {%- endif %}\n"
     "    {%- endif %}\n"
@@ -103,7 +104,9 @@ def byte_level_bpe(specials, post_processor=None):
     tok = Backend(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(CORPUS, trainer=trainer)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     if post_processor is not None:
@@ -228,10 +231,17 @@ def test_special_ids(qwen_dir, llama_dir):
 
 def test_template_files_and_named_templates(tmp_path):
     backend = byte_level_bpe(["<|im_start|>", "<|im_end|>"])
-    d = write_dir(tmp_path / "named", backend, {"eos_token": "<|im_end|>", "chat_template": [
-        {"name": "default", "template": "{% for m in messages %}D:{{ m.content }}{% endfor %}"},
-        {"name": "tool_use", "template": "{% for m in messages %}T:{{ m.content }}{% endfor %}"},
-    ]})
+    d = write_dir(
+        tmp_path / "named",
+        backend,
+        {
+            "eos_token": "<|im_end|>",
+            "chat_template": [
+                {"name": "default", "template": "{% for m in messages %}D:{{ m.content }}{% endfor %}"},
+                {"name": "tool_use", "template": "{% for m in messages %}T:{{ m.content }}{% endfor %}"},
+            ],
+        },
+    )
     tok = Tokenizer.from_dir(d)
     msgs = [{"role": "user", "content": "hi"}]
     assert tok.render_chat(msgs) == "D:hi"
@@ -263,7 +273,9 @@ def test_errors(tmp_path):
     (d / "tokenizer_config.json").write_text("{}")
     with pytest.raises(SrlmError, match=r"no chat template in .*tokenizer_config.json"):
         Tokenizer.from_dir(d).apply_chat_template([{"role": "user", "content": "x"}])
-    strict = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok"
+    strict = (
+        "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok"
+    )
     (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": strict}))
     tok = Tokenizer.from_dir(d)
     assert tok.render_chat([{"role": "user", "content": "x"}]) == "ok"
@@ -338,18 +350,28 @@ def test_train_bpe_digits_chat_and_transformers(tmp_path):
 
     tok.save(tmp_path)
     again = Tokenizer.from_dir(tmp_path)
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "12 - 5?"},
-            {"role": "assistant", "content": reasoning}]
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "12 - 5?"},
+        {"role": "assistant", "content": reasoning},
+    ]
     for gen in (False, True):
         msgs = chat[1:2] if gen else chat
-        assert again.apply_chat_template(msgs, add_generation_prompt=gen) == tok.apply_chat_template(msgs, add_generation_prompt=gen)
-    assert again.render_chat(chat[1:2], add_generation_prompt=True) == "<|im_start|>user\n12 - 5?<|im_end|>\n<|im_start|>assistant\n"
+        assert again.apply_chat_template(msgs, add_generation_prompt=gen) == tok.apply_chat_template(
+            msgs, add_generation_prompt=gen
+        )
+    assert (
+        again.render_chat(chat[1:2], add_generation_prompt=True)
+        == "<|im_start|>user\n12 - 5?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert again.eos_token_ids == {tok.token_to_id("<|im_end|>")}
 
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     for gen, msgs in ((False, chat), (True, chat[:2]), (True, chat[1:2])):
-        assert hf_chat_ids(hf, msgs, add_generation_prompt=gen) == again.apply_chat_template(msgs, add_generation_prompt=gen)
+        assert hf_chat_ids(hf, msgs, add_generation_prompt=gen) == again.apply_chat_template(
+            msgs, add_generation_prompt=gen
+        )
     assert hf(STREAM_TEXT)["input_ids"] == again.encode(STREAM_TEXT, add_special_tokens=True)
     assert (hf.eos_token, hf.pad_token, len(hf)) == ("<|im_end|>", "<|endoftext|>", again.vocab_size)
 
@@ -361,8 +383,18 @@ def test_cli_train_text_and_jsonl(tmp_path, capsys):
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in CORPUS[:5]) + "\n")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["train", "--files", str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"),
-                              "--vocab-size", "300", "--out", str(tmp_path / "tok")])
+    args = parser.parse_args(
+        [
+            "train",
+            "--files",
+            str(tmp_path / "a.txt"),
+            str(tmp_path / "b.jsonl"),
+            "--vocab-size",
+            "300",
+            "--out",
+            str(tmp_path / "tok"),
+        ]
+    )
     assert main(args) == 0
     out = capsys.readouterr().out
     tok = Tokenizer.from_dir(tmp_path / "tok")
@@ -370,8 +402,14 @@ def test_cli_train_text_and_jsonl(tmp_path, capsys):
     assert tok.has_chat_template
 
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "oops"}\n')
-    bad = Namespace(action="train", files=[str(tmp_path / "bad.jsonl")], vocab_size=300, min_frequency=2,
-                    out=str(tmp_path / "x"), sample="x")
+    bad = Namespace(
+        action="train",
+        files=[str(tmp_path / "bad.jsonl")],
+        vocab_size=300,
+        min_frequency=2,
+        out=str(tmp_path / "x"),
+        sample="x",
+    )
     with pytest.raises(SrlmError, match=r"bad.jsonl:2: expected an object with a string \"text\" field"):
         main(bad)
 
@@ -402,7 +440,9 @@ def test_jinja_environment_matches_transformers(qwen_dir, tmp_path):
     text = tok.render_chat(messages, add_generation_prompt=True)
     assert text == hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text.count("<|im_start|>") == 3 and "\n2 " in text and "<|im_end|>|<|endoftext|>|\n" in text
-    assert tok.apply_chat_template(messages, add_generation_prompt=True) == hf_chat_ids(hf, messages, add_generation_prompt=True)
+    assert tok.apply_chat_template(messages, add_generation_prompt=True) == hf_chat_ids(
+        hf, messages, add_generation_prompt=True
+    )
 
 
 def test_token_bytes_rebuild_the_text_even_inside_a_character():

@@ -12,8 +12,19 @@ RECIPES = Path(__file__).resolve().parents[1] / "src" / "srlm" / "recipes" / "co
 
 
 def test_overrides_are_yaml_scalars_and_nested():
-    cfg = load_config(SFTConfig, None, ["lr=3e-4", "lora.rank=8", "lora.enabled=true", "betas=[0.9,0.99]",
-                                        "eval_tasks=synth-gsm", "init_from=null", "steps=1e3"])
+    cfg = load_config(
+        SFTConfig,
+        None,
+        [
+            "lr=3e-4",
+            "lora.rank=8",
+            "lora.enabled=true",
+            "betas=[0.9,0.99]",
+            "eval_tasks=synth-gsm",
+            "init_from=null",
+            "steps=1e3",
+        ],
+    )
     assert cfg.lr == 3e-4 and isinstance(cfg.lr, float)
     assert cfg.lora.rank == 8 and cfg.lora.enabled and cfg.lora.alpha == 32.0
     assert cfg.betas == [0.9, 0.99] and cfg.eval_tasks == ["synth-gsm"] and cfg.init_from is None
@@ -57,8 +68,11 @@ def test_bad_yaml_and_bad_values(tmp_path):
 
 
 def test_shipped_recipes_load():
-    for name, cls in [("sft-tiny.yaml", SFTConfig), ("pretrain-tiny.yaml", PretrainConfig),
-                      ("sft-lora-qwen2.5-0.5b-gsm8k.yaml", SFTConfig)]:
+    for name, cls in [
+        ("sft-tiny.yaml", SFTConfig),
+        ("pretrain-tiny.yaml", PretrainConfig),
+        ("sft-lora-qwen2.5-0.5b-gsm8k.yaml", SFTConfig),
+    ]:
         cfg = load_config(cls, RECIPES / name)
         assert cfg.steps > 0
         assert yaml.safe_load(to_yaml(cfg))["out_dir"] == cfg.out_dir

@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 
-from srlm.model import load_model
-
 from _train_fixtures import make_tokenizer, sft_overrides
+from srlm.model import load_model
 
 
 def _losses(out):
@@ -24,8 +23,18 @@ def _train(nproc, out, tok, extra=()):
 
         run(load_config(SFTConfig, None, args))
         return _losses(out)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "srlm.cli", "train", "sft", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "srlm.cli",
+        "train",
+        "sft",
+        *args,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     return _losses(out)
@@ -76,13 +85,37 @@ def test_grpo_under_two_processes(tmp_path, mode):
     out = tmp_path / mode
     script = tmp_path / "grpo_parity.py"
     script.write_text(_GRPO_SCRIPT)
-    args = {"out_dir": str(out), "tokenizer": str(tok), "model": "tiny", "model_overrides": TINY_MODEL,
-            "task": "synth-arith", "task_options": "{difficulties: [1]}", "num_prompts": 16, "steps": 2,
-            "batch_size": 8, "num_generations": 4, "sampling.max_new_tokens": 8, "dtype": "fp32", "num_threads": 1,
-            "progress": "false", "lr": 1e-2, "save_every": 2, "device": "cpu", "num_iterations": 2,
-            "rewards": "{parity: 1.0}", "fsdp": str(mode == "fsdp").lower()}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-           *[f"{k}={v}" for k, v in args.items()]]
+    args = {
+        "out_dir": str(out),
+        "tokenizer": str(tok),
+        "model": "tiny",
+        "model_overrides": TINY_MODEL,
+        "task": "synth-arith",
+        "task_options": "{difficulties: [1]}",
+        "num_prompts": 16,
+        "steps": 2,
+        "batch_size": 8,
+        "num_generations": 4,
+        "sampling.max_new_tokens": 8,
+        "dtype": "fp32",
+        "num_threads": 1,
+        "progress": "false",
+        "lr": 1e-2,
+        "save_every": 2,
+        "device": "cpu",
+        "num_iterations": 2,
+        "rewards": "{parity: 1.0}",
+        "fsdp": str(mode == "fsdp").lower(),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(script),
+        *[f"{k}={v}" for k, v in args.items()],
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in l]
@@ -95,27 +128,63 @@ def test_grpo_under_two_processes(tmp_path, mode):
 def test_on_policy_distillation_under_fsdp_matches_ddp(tmp_path):
     """On-policy KD samples from the student inside the training forward; under FSDP that is a replica
     gathered from the shards, so the samples, and the losses, equal DDP's."""
+    from _train_fixtures import TINY_MODEL
     from srlm.model import CausalLM, preset, save
     from srlm.tokenizer import Tokenizer
-
-    from _train_fixtures import TINY_MODEL
 
     tok_dir = make_tokenizer(tmp_path / "tok")
     tok = Tokenizer.from_dir(tok_dir)
     torch.manual_seed(1)
-    teacher = save(CausalLM(preset("tiny", vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96,
-                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                   eos_token_id=tok.eos_token_id)), tmp_path / "teacher", tokenizer=tok)
+    teacher = save(
+        CausalLM(
+            preset(
+                "tiny",
+                vocab_size=tok.vocab_size,
+                hidden_size=48,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                eos_token_id=tok.eos_token_id,
+            )
+        ),
+        tmp_path / "teacher",
+        tokenizer=tok,
+    )
     losses = {}
     for mode in ("ddp", "fsdp"):
         out = tmp_path / mode
-        args = {"out_dir": str(out), "tokenizer": str(tok_dir), "model": "tiny", "model_overrides": TINY_MODEL,
-                "teacher": str(teacher), "data": "[synth-arith]", "data_options": "{n_train: 32, difficulties: [1]}",
-                "steps": 2, "batch_size": 4, "dtype": "fp32", "num_threads": 1, "progress": "false",
-                "max_seq_len": 128, "on_policy": 1.0, "on_policy_sampling.max_new_tokens": 8, "device": "cpu",
-                "fsdp": str(mode == "fsdp").lower()}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "srlm.cli", "train", "kd", *[f"{k}={v}" for k, v in args.items()]]
+        args = {
+            "out_dir": str(out),
+            "tokenizer": str(tok_dir),
+            "model": "tiny",
+            "model_overrides": TINY_MODEL,
+            "teacher": str(teacher),
+            "data": "[synth-arith]",
+            "data_options": "{n_train: 32, difficulties: [1]}",
+            "steps": 2,
+            "batch_size": 4,
+            "dtype": "fp32",
+            "num_threads": 1,
+            "progress": "false",
+            "max_seq_len": 128,
+            "on_policy": 1.0,
+            "on_policy_sampling.max_new_tokens": 8,
+            "device": "cpu",
+            "fsdp": str(mode == "fsdp").lower(),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "srlm.cli",
+            "train",
+            "kd",
+            *[f"{k}={v}" for k, v in args.items()],
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
         assert res.returncode == 0, res.stderr[-3000:]
         losses[mode] = _losses(out)

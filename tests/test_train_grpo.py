@@ -4,13 +4,12 @@ import json
 
 import pytest
 
+from _train_fixtures import TINY_MODEL, make_tokenizer
 from srlm.data.synthetic import generate_problems
 from srlm.data.tasks import get_task
 from srlm.errors import SrlmError
 from srlm.train.config import load_config
 from srlm.train.grpo import GRPOConfig, reward_correct, reward_format, run, score
-
-from _train_fixtures import TINY_MODEL, make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +18,23 @@ def tok_dir(tmp_path_factory):
 
 
 def _overrides(out_dir, tok_dir, **extra):
-    base = {"out_dir": str(out_dir), "tokenizer": str(tok_dir), "model": "tiny", "model_overrides": TINY_MODEL,
-            "task": "synth-arith", "task_options": "{difficulties: [1]}", "num_prompts": 16, "steps": 3,
-            "batch_size": 8, "num_generations": 4, "sampling.max_new_tokens": 12, "dtype": "fp32", "num_threads": 1,
-            "progress": "false", "lr": 1e-3}
+    base = {
+        "out_dir": str(out_dir),
+        "tokenizer": str(tok_dir),
+        "model": "tiny",
+        "model_overrides": TINY_MODEL,
+        "task": "synth-arith",
+        "task_options": "{difficulties: [1]}",
+        "num_prompts": 16,
+        "steps": 3,
+        "batch_size": 8,
+        "num_generations": 4,
+        "sampling.max_new_tokens": 12,
+        "dtype": "fp32",
+        "num_threads": 1,
+        "progress": "false",
+        "lr": 1e-3,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -48,8 +60,14 @@ def test_rewards_and_failures_are_counted():
         while True:
             pass
 
-    total, per, counts = score([right, wrong], [ex, ex], task, {"boom": 1.0, "slow": 1.0, "correct": 1.0},
-                               timeout_s=0.05, functions={"boom": boom, "slow": slow, "correct": reward_correct})
+    total, per, counts = score(
+        [right, wrong],
+        [ex, ex],
+        task,
+        {"boom": 1.0, "slow": 1.0, "correct": 1.0},
+        timeout_s=0.05,
+        functions={"boom": boom, "slow": slow, "correct": reward_correct},
+    )
     assert counts == {"errors": 2, "timeouts": 2}
     assert total.tolist() == [1.0, 0.0]
 
@@ -80,8 +98,18 @@ def test_grpo_runs_logs_and_resumes(tok_dir, tmp_path, parity_reward):
     assert (out / "final" / "model.safetensors").is_file()
     log = [r for r in _log(out) if "reward" in r]
     assert [r["step"] for r in log] == [1, 2, 3]
-    for key in ("reward", "accuracy", "completion_len", "clip_fraction", "kl", "entropy", "time_generate_s",
-                "time_optimize_s", "reward_errors", "verifier_timeouts"):
+    for key in (
+        "reward",
+        "accuracy",
+        "completion_len",
+        "clip_fraction",
+        "kl",
+        "entropy",
+        "time_generate_s",
+        "time_optimize_s",
+        "reward_errors",
+        "verifier_timeouts",
+    ):
         assert key in log[0], key
     assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts at the reference
     assert log[1]["kl"] > 0  # step 2 reuses step 1's rollouts after an update
@@ -99,9 +127,21 @@ def test_grpo_improves_reward_on_a_trivial_target(tok_dir, tmp_path):
     grpo_mod.REWARDS["short"] = lambda text, example, task: -len(text) / 5
     try:
         out = tmp_path / "learn"
-        cfg = load_config(GRPOConfig, None, _overrides(out, tok_dir, rewards="{short: 1.0}", steps=16,
-                                                       batch_size=16, num_generations=8, lr=3e-2,
-                                                       scale_rewards="none", **{"sampling": "{temperature: 1.0, max_new_tokens: 1}"}))
+        cfg = load_config(
+            GRPOConfig,
+            None,
+            _overrides(
+                out,
+                tok_dir,
+                rewards="{short: 1.0}",
+                steps=16,
+                batch_size=16,
+                num_generations=8,
+                lr=3e-2,
+                scale_rewards="none",
+                **{"sampling": "{temperature: 1.0, max_new_tokens: 1}"},
+            ),
+        )
         run(cfg)
     finally:
         del grpo_mod.REWARDS["short"]
@@ -132,8 +172,11 @@ def test_update_skips_idle_rows_and_shares_prompts_exactly(tok_dir, tmp_path, lo
     from srlm.train.grpo import GRPOStage, prepare
     from srlm.train.losses import grpo_loss, token_logprobs
 
-    cfg = load_config(GRPOConfig, None, _overrides(tmp_path, tok_dir, loss_type=loss_type, epsilon_high=0.28,
-                                                   mask_truncated_completions="true"))
+    cfg = load_config(
+        GRPOConfig,
+        None,
+        _overrides(tmp_path, tok_dir, loss_type=loss_type, epsilon_high=0.28, mask_truncated_completions="true"),
+    )
     model, tok = prepare(cfg)
     stage = GRPOStage(cfg, tok, model=model)
     stage.buffer = {"stats": {}}
@@ -145,18 +188,31 @@ def test_update_skips_idle_rows_and_shares_prompts_exactly(tok_dir, tmp_path, lo
     ids[4:6, :4] = ids[3, :4]
     mask = torch.zeros(R, L - 1, dtype=torch.bool)
     for r, end in enumerate([12, 20, 9, 17, 8, 11]):
-        mask[r, int(prompt_len[r]) - 1:end] = True  # no row reaches the last columns: they get trimmed
-    batch = {"input_ids": ids, "mask": mask, "advantages": torch.tensor([0.0, 1.3, 0.0, -0.6, 0.0, 0.4]),
-             "truncated": torch.tensor([False, False, False, False, False, True]), "prompt_len": prompt_len,
-             "old_logps": -torch.rand(R, L - 1, generator=g) * 3}  # ratios far from 1: clipping bites
+        mask[r, int(prompt_len[r]) - 1 : end] = True  # no row reaches the last columns: they get trimmed
+    batch = {
+        "input_ids": ids,
+        "mask": mask,
+        "advantages": torch.tensor([0.0, 1.3, 0.0, -0.6, 0.0, 0.4]),
+        "truncated": torch.tensor([False, False, False, False, False, True]),
+        "prompt_len": prompt_len,
+        "old_logps": -torch.rand(R, L - 1, generator=g) * 3,
+    }  # ratios far from 1: clipping bites
 
     def plain(batch):
         h = model.hidden_states(batch["input_ids"])[:, :-1][batch["mask"]]
         lp, _ = token_logprobs(h, model.lm_head.weight, batch["input_ids"][:, 1:][batch["mask"]])
         logps = torch.zeros(batch["mask"].shape).masked_scatter(batch["mask"], lp)
-        loss, _ = grpo_loss(logps, batch["old_logps"], batch["advantages"], batch["mask"], epsilon_low=0.2,
-                            epsilon_high=0.28, loss_type=loss_type, max_len=cfg.sampling.max_new_tokens,
-                            truncated=batch["truncated"])
+        loss, _ = grpo_loss(
+            logps,
+            batch["old_logps"],
+            batch["advantages"],
+            batch["mask"],
+            epsilon_low=0.2,
+            epsilon_high=0.28,
+            loss_type=loss_type,
+            max_len=cfg.sampling.max_new_tokens,
+            truncated=batch["truncated"],
+        )
         return loss * stage.weight(batch)
 
     calls = []

@@ -5,12 +5,11 @@ import json
 import pytest
 import torch
 
+from _train_fixtures import make_tokenizer, sft_overrides
 from srlm.model import load_model
 from srlm.train.config import load_config
 from srlm.train.lora import LoRAConfig, LoRALinear, apply_lora, merged_model
 from srlm.train.sft import SFTConfig, run
-
-from _train_fixtures import make_tokenizer, sft_overrides
 
 
 def test_lora_sft_merged_save_and_peft_parity(tmp_path):
@@ -22,9 +21,24 @@ def test_lora_sft_merged_save_and_peft_parity(tmp_path):
     run(load_config(SFTConfig, None, sft_overrides(base_dir, tok, steps=2)))
     base = base_dir / "final"
     out = tmp_path / "lora"
-    cfg = load_config(SFTConfig, None, sft_overrides(out, tok, model=str(base), tokenizer=str(base), steps=8, lr=2e-2,
-                                                     **{"lora.enabled": "true", "lora.rank": 4, "lora.alpha": 8,
-                                                        "lora.target_modules": "[q_proj, v_proj, down_proj]"}))
+    cfg = load_config(
+        SFTConfig,
+        None,
+        sft_overrides(
+            out,
+            tok,
+            model=str(base),
+            tokenizer=str(base),
+            steps=8,
+            lr=2e-2,
+            **{
+                "lora.enabled": "true",
+                "lora.rank": 4,
+                "lora.alpha": 8,
+                "lora.target_modules": "[q_proj, v_proj, down_proj]",
+            },
+        ),
+    )
     run(cfg)
     adapter = out / "final" / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
@@ -36,8 +50,11 @@ def test_lora_sft_merged_save_and_peft_parity(tmp_path):
 
     base_sd, merged_sd = load_model(base).state_dict(), load_model(out / "final").state_dict()
     changed = {k for k in base_sd if not torch.equal(base_sd[k], merged_sd[k])}
-    assert changed == {f"model.layers.{i}.{m}.weight" for i in range(2)
-                       for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")}
+    assert changed == {
+        f"model.layers.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+    }
 
     ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8]])
     srlm_logits = load_model(out / "final")(ids)
@@ -55,8 +72,17 @@ def test_lora_freezes_base_and_merges_exactly():
     from srlm.model import CausalLM, preset
 
     torch.manual_seed(0)
-    model = CausalLM(preset("tiny", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                            num_attention_heads=2, num_key_value_heads=1))
+    model = CausalLM(
+        preset(
+            "tiny",
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     apply_lora(model, LoRAConfig(enabled=True, rank=2, alpha=4, target_modules=["all-linear"]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)

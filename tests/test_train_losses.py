@@ -137,8 +137,18 @@ def test_grpo_loss_aggregations_match_definitions():
         "dapo": (pt * mask).sum() / mask.sum(),
     }
     for lt, w in want.items():
-        loss, stats = grpo_loss(logps, old, adv, mask, ref_logps=ref, beta=0.04, epsilon_low=0.2,
-                                epsilon_high=0.28, loss_type=lt, max_len=10)
+        loss, stats = grpo_loss(
+            logps,
+            old,
+            adv,
+            mask,
+            ref_logps=ref,
+            beta=0.04,
+            epsilon_low=0.2,
+            epsilon_high=0.28,
+            loss_type=lt,
+            max_len=10,
+        )
         torch.testing.assert_close(loss, w)
     a = adv[:, None]
     clipped = (((ratio < 0.8) & (a < 0)) | ((ratio > 1.28) & (a > 0))).float()

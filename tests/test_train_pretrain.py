@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from _train_fixtures import TINY_MODEL, make_tokenizer
 from srlm.cli import main as srlm_main
 from srlm.data.synthetic import corpus_lines
 from srlm.errors import SrlmError
@@ -10,13 +11,23 @@ from srlm.tokenizer import Tokenizer
 from srlm.train.config import load_config
 from srlm.train.pretrain import PretrainConfig, PretrainStage
 
-from _train_fixtures import TINY_MODEL, make_tokenizer
-
 
 def _args(out, tok, data, **extra):
-    base = {"out_dir": out, "tokenizer": tok, "model_overrides": TINY_MODEL, "data": f"[{data}]", "steps": 10,
-            "batch_size": 4, "max_seq_len": 64, "dtype": "fp32", "num_threads": 1, "log_every": 5,
-            "progress": "false", "val_fraction": 0.1, "eval_every": 10}
+    base = {
+        "out_dir": out,
+        "tokenizer": tok,
+        "model_overrides": TINY_MODEL,
+        "data": f"[{data}]",
+        "steps": 10,
+        "batch_size": 4,
+        "max_seq_len": 64,
+        "dtype": "fp32",
+        "num_threads": 1,
+        "log_every": 5,
+        "progress": "false",
+        "val_fraction": 0.1,
+        "eval_every": 10,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 

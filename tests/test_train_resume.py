@@ -10,13 +10,12 @@ import time
 import pytest
 import torch
 
+from _train_fixtures import make_tokenizer, sft_overrides
 from srlm.errors import SrlmError
 from srlm.model import load_model
 from srlm.train.config import load_config
 from srlm.train.loop import list_checkpoints
 from srlm.train.sft import SFTConfig, run
-
-from _train_fixtures import make_tokenizer, sft_overrides
 
 SLOW_RUN = """
 import sys, time
@@ -34,8 +33,11 @@ sft.run(load_config(sft.SFTConfig, None, sys.argv[1:]))
 
 
 def _losses(out_dir):
-    return {r["step"]: r["loss"] for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r}
+    return {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):

@@ -3,13 +3,12 @@ import json
 import pytest
 import torch
 
+from _train_fixtures import make_tokenizer, sft_overrides
 from srlm.data.chat import load_conversations, read_conversations, tokenize_conversation
 from srlm.errors import SrlmError
 from srlm.tokenizer import Tokenizer
 from srlm.train.config import load_config
 from srlm.train.sft import SFTConfig, SFTStage, prepare, run
-
-from _train_fixtures import make_tokenizer, sft_overrides
 
 
 @pytest.fixture(scope="module")
@@ -19,34 +18,47 @@ def tok_dir(tmp_path_factory):
 
 def test_assistant_only_labels(tok_dir):
     tok = Tokenizer.from_dir(tok_dir)
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"},
-            {"role": "assistant", "content": "<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5."},
-            {"role": "user", "content": "And 4 + 4?"}, {"role": "assistant", "content": "The answer is 8."}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5."},
+        {"role": "user", "content": "And 4 + 4?"},
+        {"role": "assistant", "content": "The answer is 8."},
+    ]
     ids, labels = tokenize_conversation(tok, msgs)
     assert ids == tok.apply_chat_template(msgs)
     sup = [i for i, l in zip(ids, labels) if l != -100]
-    assert tok.decode(sup) == ("<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5.<|im_end|>"
-                               "The answer is 8.<|im_end|>")
+    assert tok.decode(sup) == ("<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5.<|im_end|>The answer is 8.<|im_end|>")
     assert all(l == -100 or l == i for i, l in zip(ids, labels))
 
 
 def test_template_breaking_prefix_property_is_an_error(tok_dir):
     tok = Tokenizer.from_dir(tok_dir)
     # renders the last assistant turn with an extra marker, so earlier renderings are not prefixes
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
-                         "{% if loop.last %}!{% endif %}\n{% endfor %}"
-                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+        "{% if loop.last %}!{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     with pytest.raises(SrlmError, match="prefix property at message 1"):
-        tokenize_conversation(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
-                                    {"role": "user", "content": "ok"}])
+        tokenize_conversation(
+            tok,
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "yo"},
+                {"role": "user", "content": "ok"},
+            ],
+        )
 
 
 def test_data_sources_and_bad_lines(tmp_path):
     good = tmp_path / "gsm.jsonl"
-    good.write_text(json.dumps({"question": "Tom has 3 apples and gets 2. How many?",
-                                "answer": "3 + 2 = <<3+2=5>>5\n#### 5"}) + "\n\n"
-                    + json.dumps({"messages": [{"role": "user", "content": "hi"},
-                                               {"role": "assistant", "content": "hello"}]}) + "\n")
+    good.write_text(
+        json.dumps({"question": "Tom has 3 apples and gets 2. How many?", "answer": "3 + 2 = <<3+2=5>>5\n#### 5"})
+        + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+        + "\n"
+    )
     convs = read_conversations(good)
     assert convs[0][1]["content"] == "<think>\n3 + 2 = 5\n</think>\n\nThe answer is 5."
     assert convs[1][1]["content"] == "hello"
@@ -98,8 +110,10 @@ def test_sft_learns_and_accumulation_is_exact(tmp_path, tok_dir):
 
 def test_refuses_existing_out_dir_and_foreign_resume(tmp_path, tok_dir):
     run(load_config(SFTConfig, None, sft_overrides(tmp_path / "r", tok_dir, steps=2, save_every=1)))
-    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name.startswith("checkpoint")) == \
-        ["checkpoint-000001", "checkpoint-000002"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-000001",
+        "checkpoint-000002",
+    ]
     with pytest.raises(SrlmError, match="already has checkpoints"):
         run(load_config(SFTConfig, None, sft_overrides(tmp_path / "r", tok_dir, steps=4)))
     with pytest.raises(SrlmError, match="made by another config.*lr"):

@@ -3,12 +3,11 @@
 import pytest
 
 import srlm.data.chat as chat
+from _train_fixtures import make_tokenizer, sft_overrides
 from srlm.tokenizer import Tokenizer
 from srlm.train import sft
 from srlm.train.config import load_config
 from srlm.train.sft import SFTConfig, SFTStage
-
-from _train_fixtures import make_tokenizer, sft_overrides
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,9 @@ def test_same_data_and_tokenizer_is_tokenized_once(tok_dir, tmp_path, calls):
     # a reloaded tokenizer (another object, same content) and another max_seq_len still hit the cache
     second = _stage(tmp_path, Tokenizer.from_dir(tok_dir), max_seq_len=32)
     assert len(calls) == n
-    assert [a.tolist() for a, _ in first.train] == [a.tolist() for a, _ in SFTStage(first.config, Tokenizer.from_dir(tok_dir)).train]
+    assert [a.tolist() for a, _ in first.train] == [
+        a.tolist() for a, _ in SFTStage(first.config, Tokenizer.from_dir(tok_dir)).train
+    ]
     assert second.truncated > 0 and max(len(a) for a, _ in second.train) <= 32
     assert [a[:32].tolist() for a, _ in first.train] == [a.tolist() for a, _ in second.train]
 

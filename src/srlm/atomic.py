@@ -68,6 +68,7 @@ def clean_temporaries(folder: str | Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- durability
 
+
 def fsync_path(path: str | Path) -> None:
     """Flush a file's (or a folder's entries') data to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -105,6 +106,7 @@ def _swap(tmp: Path, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- full disks
+
 
 def disk_full(error: BaseException, where: Path | None = None) -> bool:
     """Whether `error` (or an error it was raised from) means the disk is full.
@@ -144,15 +146,16 @@ class NoSpaceError(SrlmError):
     """The disk filled up during a save; the partial copy has been removed."""
 
 
-def no_space_error(path: Path, tmp: Path | None = None,
-                   hint: str = "free some space (or choose another output folder) and run again") -> NoSpaceError:
+def no_space_error(
+    path: Path, tmp: Path | None = None, hint: str = "free some space (or choose another output folder) and run again"
+) -> NoSpaceError:
     written = f" ({_size(tmp) / 2**20:.1f} MiB had been written)" if tmp is not None and tmp.exists() else ""
     kept = f"; the previous {path.name} is kept" if path.exists() else ""
-    return NoSpaceError(f"no space left on device while saving {path}{written}; removed the partial copy{kept}; "
-                        f"{hint}")
+    return NoSpaceError(f"no space left on device while saving {path}{written}; removed the partial copy{kept}; {hint}")
 
 
 # ----------------------------------------------------------------------------- writers
+
 
 @contextlib.contextmanager
 def atomic_folder(path: str | Path, no_space_hint: str | None = None) -> Iterator[Path]:

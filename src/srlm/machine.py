@@ -31,5 +31,7 @@ def describe() -> str:
     import torch
 
     info = cpu_info()
-    return (f"{info['cpu']} ({', '.join(info['flags']) or 'no avx2'}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"{info['cpu']} ({', '.join(info['flags']) or 'no avx2'}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )

@@ -32,8 +32,16 @@ class Progress:
     `unit`: what a step is ("it", "ex").
     """
 
-    def __init__(self, total: int, desc: str = "", initial: int = 0, enabled: bool = True,
-                 every: int | None = None, unit: str = "it", stream=None):
+    def __init__(
+        self,
+        total: int,
+        desc: str = "",
+        initial: int = 0,
+        enabled: bool = True,
+        every: int | None = None,
+        unit: str = "it",
+        stream=None,
+    ):
         self.total, self.n, self.desc, self.unit = int(total), int(initial), desc, unit
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -45,8 +53,9 @@ class Progress:
         if self.live:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self.n, desc=desc, unit=unit, dynamic_ncols=True,
-                             file=self.stream)
+            self._bar = tqdm(
+                total=self.total, initial=self.n, desc=desc, unit=unit, dynamic_ncols=True, file=self.stream
+            )
 
     def set(self, **figures: Any) -> None:
         """The latest figures (loss, reward, tokens/s ...) shown with the bar or the next line."""
@@ -78,8 +87,12 @@ class Progress:
         figures = " ".join(f"{k} {_fmt(v)}" for k, v in self.figures.items())
         head = f"[{self.desc}] " if self.desc else ""
         unit = "step" if self.unit == "it" else self.unit
-        print(f"{head}{unit} {self.n}/{self.total} ({pct:.0f}%){' ' + figures if figures else ''} | "
-              f"{rate:.3g} {self.unit}/s, {_clock(dt)} elapsed, ETA {_clock(eta)}", file=self.stream, flush=True)
+        print(
+            f"{head}{unit} {self.n}/{self.total} ({pct:.0f}%){' ' + figures if figures else ''} | "
+            f"{rate:.3g} {self.unit}/s, {_clock(dt)} elapsed, ETA {_clock(eta)}",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -33,9 +33,7 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end
 
 # Qwen2's split: contractions, letter runs, *one digit per piece* (tiny models learn
 # arithmetic far better when 123 is 1,2,3), punctuation runs, newlines, spaces.
-QWEN2_SPLIT_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_SPLIT_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501  (verbatim)
 
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
@@ -73,8 +71,11 @@ def _token_content(value) -> str | None:
 @lru_cache(maxsize=1)
 def _byte_level_bytes() -> dict[str, int]:
     """GPT-2's byte-to-character table of byte-level BPE, inverted: character -> the byte it stands for."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
     chars = dict(zip(printable, printable))
     extra = 0
     for b in range(256):
@@ -148,7 +149,11 @@ class Tokenizer:
         # add_bos_token/add_eos_token as transformers 4's Llama tokenizer did.
         if backend.post_processor is None:
             bos, eos = (
-                tok if self.config.get(flag) and (tok := self.special_tokens.get(name)) and backend.token_to_id(tok) is not None else None
+                tok
+                if self.config.get(flag)
+                and (tok := self.special_tokens.get(name))
+                and backend.token_to_id(tok) is not None
+                else None
                 for flag, name in (("add_bos_token", "bos_token"), ("add_eos_token", "eos_token"))
             )
             if bos or eos:
@@ -168,7 +173,8 @@ class Tokenizer:
         if not tok_file.is_file():
             raise SrlmError(
                 f"no tokenizer.json in {path}: srlm needs the fast-tokenizer file; "
-                "save the tokenizer with transformers (tokenizer.save_pretrained) or train one with `srlm tokenizer train`"
+                "save the tokenizer with transformers (tokenizer.save_pretrained) or train one with "
+                "`srlm tokenizer train`"
             )
         try:
             backend = Backend.from_file(str(tok_file))
@@ -220,7 +226,9 @@ class Tokenizer:
             # A stale chat_template.jinja would win over the config on reload: keep them equal.
             if (path / "chat_template.jinja").is_file():
                 (path / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
-        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (path / "tokenizer_config.json").write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
     # ---- vocabulary -----------------------------------------------------------------------
 
@@ -300,7 +308,9 @@ class Tokenizer:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = False) -> list[str]:
-        return self.backend.decode_batch([[int(i) for i in ids] for ids in batch], skip_special_tokens=skip_special_tokens)
+        return self.backend.decode_batch(
+            [[int(i) for i in ids] for ids in batch], skip_special_tokens=skip_special_tokens
+        )
 
     def stream_decoder(self, prompt_ids: Iterable[int] = (), skip_special_tokens: bool = False) -> StreamDecoder:
         return StreamDecoder(self, prompt_ids=prompt_ids, skip_special_tokens=skip_special_tokens)
@@ -311,7 +321,7 @@ class Tokenizer:
         where = f"{self.source}/tokenizer_config.json (or chat_template.jinja)"
         if not self.chat_template:
             raise SrlmError(
-                f"no chat template in {where}: add a \"chat_template\" entry, "
+                f'no chat template in {where}: add a "chat_template" entry, '
                 "or prompt the model with plain text instead of messages"
             )
         if isinstance(self.chat_template, str):
@@ -323,7 +333,9 @@ class Tokenizer:
             return templates["tool_use"]
         if "default" in templates:
             return templates["default"]
-        raise SrlmError(f"{where} has several chat templates {sorted(templates)} and no 'default': pass chat_template=NAME")
+        raise SrlmError(
+            f"{where} has several chat templates {sorted(templates)} and no 'default': pass chat_template=NAME"
+        )
 
     def render_chat(
         self,

@@ -42,26 +42,43 @@ from srlm.machine import cpu_info
 
 
 def add_arguments(p) -> None:
-    p.add_argument("path", nargs="?", default=None,
-                   help="checkpoint folder, .gguf file or Hub id (or use --preset --random-init)")
+    p.add_argument(
+        "path", nargs="?", default=None, help="checkpoint folder, .gguf file or Hub id (or use --preset --random-init)"
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub id")
     p.add_argument("--preset", default=None, help="model preset name, with --random-init")
     p.add_argument("--random-init", action="store_true", help="random weights of the preset's shape")
-    p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
-                   help="change a preset field, e.g. num_hidden_layers=4 (repeatable)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a preset field, e.g. num_hidden_layers=4 (repeatable)",
+    )
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: the checkpoint's; bfloat16 for presets)")
     from srlm.infer.quant import QUANT_MODES
 
-    p.add_argument("--quantize", choices=list(QUANT_MODES), default=None, help="also measure int8 or int4 weight-only srlm")
-    p.add_argument("--compile", action="store_true",
-                   help="also measure the torch.compile'd decode step (needs --rounds >= 2: round 1 compiles)")
+    p.add_argument(
+        "--quantize", choices=list(QUANT_MODES), default=None, help="also measure int8 or int4 weight-only srlm"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure the torch.compile'd decode step (needs --rounds >= 2: round 1 compiles)",
+    )
     p.add_argument("--compare", choices=["hf"], default=None, help="also run transformers' generate, alternating")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prefill-len", type=int, default=512)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="decode batch sizes")
-    p.add_argument("--rollout", type=int, nargs="*", default=None, metavar="B",
-                   help="also measure rollout-sized batches (e.g. 16 32 64) against the machine's roofline")
+    p.add_argument(
+        "--rollout",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="B",
+        help="also measure rollout-sized batches (e.g. 16 32 64) against the machine's roofline",
+    )
     p.add_argument("--rollout-tokens", type=int, default=256, help="new tokens per rollout sequence")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each figure is the best")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -189,8 +206,14 @@ class _HF:
         ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.inference_mode():
-            out = self.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+            out = self.model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
         return (out.shape[1] - ids.shape[1]) * ids.shape[0]
 
 
@@ -203,7 +226,7 @@ def _quantization_quality(ref_engine, q_engine, prompt: list[int], new_tokens: i
     cont = ref_engine.generate([prompt], max_new_tokens=new_tokens, temperature=0, stop_token_ids=[])[0][0].token_ids
     ids = torch.tensor([prompt + cont])
     sl = slice(len(prompt) - 1, ids.shape[1] - 1)  # positions that predict the continuation
-    targets = ids[0, len(prompt):]
+    targets = ids[0, len(prompt) :]
     with torch.inference_mode():
         lp_ref = torch.log_softmax(ref_engine.model(ids)[0, sl].float(), -1)
         lp_q = torch.log_softmax(q_engine.model(ids)[0, sl].float(), -1)
@@ -212,9 +235,13 @@ def _quantization_quality(ref_engine, q_engine, prompt: list[int], new_tokens: i
     def nll(lp):
         return float(-lp.gather(-1, targets[:, None]).mean())
 
-    return {"tokens": len(cont), "greedy_agreement": round(float((lp_ref.argmax(-1) == lp_q.argmax(-1)).float().mean()), 4),
-            "kl_nats": round(float(kl), 5), "ppl_reference": round(math.exp(nll(lp_ref)), 3),
-            "ppl_quantized": round(math.exp(nll(lp_q)), 3)}
+    return {
+        "tokens": len(cont),
+        "greedy_agreement": round(float((lp_ref.argmax(-1) == lp_q.argmax(-1)).float().mean()), 4),
+        "kl_nats": round(float(kl), 5),
+        "ppl_reference": round(math.exp(nll(lp_ref)), 3),
+        "ppl_quantized": round(math.exp(nll(lp_q)), 3),
+    }
 
 
 def _timed(fn, *a) -> tuple[float, int]:
@@ -262,8 +289,10 @@ def main(args) -> int:
 
         rollouts = args.rollout or []
         if rollouts and 2 * args.prompt_len + args.rollout_tokens > ref.engine.max_context:
-            raise SrlmError(f"--rollout: prompts up to {2 * args.prompt_len} plus {args.rollout_tokens} new tokens "
-                            f"exceed the model's context of {ref.engine.max_context}")
+            raise SrlmError(
+                f"--rollout: prompts up to {2 * args.prompt_len} plus {args.rollout_tokens} new tokens "
+                f"exceed the model's context of {ref.engine.max_context}"
+            )
         work = [("prefill", prompts(1, args.prefill_len), 1), ("ttft", prompts(1, args.prompt_len), 1)]
         work += [(f"decode_b{b}", prompts(b, args.prompt_len), args.new_tokens) for b in args.batch]
         work += [(f"rollout_b{b}", mixed(b), args.rollout_tokens) for b in rollouts]
@@ -285,8 +314,9 @@ def main(args) -> int:
         limits = machine_limits(next(ref.engine.model.parameters()).dtype) if rollouts else None
         quality = None
         if args.quantize:  # the quality change, next to the speed
-            quality = _quantization_quality(ref.engine, variants[f"srlm-{args.quantize}"].engine,
-                                            work[-1][1][0], args.new_tokens)
+            quality = _quantization_quality(
+                ref.engine, variants[f"srlm-{args.quantize}"].engine, work[-1][1][0], args.new_tokens
+            )
 
     def roofline(name, b, rate):
         ps = next(ps for key, ps, _ in work if key == f"rollout_b{b}")
@@ -296,18 +326,28 @@ def main(args) -> int:
         bw = limits["memory_read_gb_s"] * 1e9
         peak = next(v for k, v in limits.items() if k.startswith("matmul")) * 1e9
         mem_s, flop_s = (cost["weight_bytes"] + cost["kv_bytes"]) / bw, cost["flops"] / peak
+
         def sig(x):  # 4 significant digits: these span microseconds to seconds
             return float(f"{x:.4g}")
 
-        return {**cost, "step_s": sig(step_s), "memory_bound_s": sig(mem_s), "compute_bound_s": sig(flop_s),
-                "fraction_of_memory_limit": sig(mem_s / step_s), "fraction_of_compute_limit": sig(flop_s / step_s),
-                "fraction_of_roofline": sig(max(mem_s, flop_s) / step_s)}
+        return {
+            **cost,
+            "step_s": sig(step_s),
+            "memory_bound_s": sig(mem_s),
+            "compute_bound_s": sig(flop_s),
+            "fraction_of_memory_limit": sig(mem_s / step_s),
+            "fraction_of_compute_limit": sig(flop_s / step_s),
+            "fraction_of_roofline": sig(max(mem_s, flop_s) / step_s),
+        }
 
     def figures(name):
         b = best[name]
-        out = {"prefill_tokens_per_s": round(b["prefill"], 1), "ttft_s": round(b["ttft"], 4),
-               "decode_tokens_per_s": {str(k): round(b[f"decode_b{k}"], 1) for k in args.batch},
-               "dtype": variants[name].dtype}
+        out = {
+            "prefill_tokens_per_s": round(b["prefill"], 1),
+            "ttft_s": round(b["ttft"], 4),
+            "decode_tokens_per_s": {str(k): round(b[f"decode_b{k}"], 1) for k in args.batch},
+            "dtype": variants[name].dtype,
+        }
         if rollouts:
             out["rollout_tokens_per_s"] = {str(k): round(b[f"rollout_b{k}"], 1) for k in rollouts}
             if name != "hf":
@@ -315,12 +355,19 @@ def main(args) -> int:
         return out
 
     result = {
-        "model": args.preset or str(args.path), "random_init": bool(args.random_init),
+        "model": args.preset or str(args.path),
+        "random_init": bool(args.random_init),
         "overrides": _parse_overrides(args.override) or None,
         "params": sum(p.numel() for p in ref.engine.model.parameters()),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "prefill_len": args.prefill_len,
-        "rounds": args.rounds, "peak_rss_mb": peak_rss, **cpu_info(), **figures("srlm"),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "prefill_len": args.prefill_len,
+        "rounds": args.rounds,
+        "peak_rss_mb": peak_rss,
+        **cpu_info(),
+        **figures("srlm"),
     }
     if limits:
         result["machine_limits"] = limits
@@ -336,10 +383,14 @@ def main(args) -> int:
         result["transformers"] = transformers.__version__
         hf = best["hf"]
         result["ratios_vs_hf"] = {
-            name: {"prefill": round(best[name]["prefill"] / hf["prefill"], 2),
-                   "ttft": round(hf["ttft"] / best[name]["ttft"], 2),
-                   **{f"decode_b{b}": round(best[name][f"decode_b{b}"] / hf[f"decode_b{b}"], 2) for b in args.batch},
-                   **{f"rollout_b{b}": round(best[name][f"rollout_b{b}"] / hf[f"rollout_b{b}"], 2) for b in rollouts}}
-            for name in variants if name != "hf"}
+            name: {
+                "prefill": round(best[name]["prefill"] / hf["prefill"], 2),
+                "ttft": round(hf["ttft"] / best[name]["ttft"], 2),
+                **{f"decode_b{b}": round(best[name][f"decode_b{b}"] / hf[f"decode_b{b}"], 2) for b in args.batch},
+                **{f"rollout_b{b}": round(best[name][f"rollout_b{b}"] / hf[f"rollout_b{b}"], 2) for b in rollouts},
+            }
+            for name in variants
+            if name != "hf"
+        }
     print(json.dumps(result))
     return 0

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 
 from srlm.errors import SrlmError
+from srlm.infer.engine import THINK_END, THINK_START
 from srlm.infer.load import load_engine
 from srlm.infer.options import add_model_arguments, add_sampling_arguments, sampling_kwargs, text_argument
-from srlm.infer.engine import THINK_END, THINK_START
 
 DIM, RESET = "\033[2m", "\033[0m"
 
@@ -43,12 +43,18 @@ class ThinkingPrinter:
             self._emit(marker)  # both markers belong to the dimmed thought
             if marker == THINK_END:
                 self.thinking = False
-            self.buf = self.buf[i + len(marker):]
+            self.buf = self.buf[i + len(marker) :]
         # hold back a tail that could be the start of a marker
-        keep = next((k for k in range(min(len(self.buf), 8), 0, -1)
-                     if (THINK_END if self.thinking else THINK_START).startswith(self.buf[-k:])), 0)
-        self._emit(self.buf[:len(self.buf) - keep])
-        self.buf = self.buf[len(self.buf) - keep:]
+        keep = next(
+            (
+                k
+                for k in range(min(len(self.buf), 8), 0, -1)
+                if (THINK_END if self.thinking else THINK_START).startswith(self.buf[-k:])
+            ),
+            0,
+        )
+        self._emit(self.buf[: len(self.buf) - keep])
+        self.buf = self.buf[len(self.buf) - keep :]
         self.out.flush()
 
     def close(self) -> None:
@@ -60,18 +66,30 @@ class ThinkingPrinter:
 def add_arguments(p) -> None:
     add_model_arguments(p)
     p.add_argument("--system", default=None, help="a system message at the start of every conversation")
-    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
-                   help="dim the thinking (auto: when stdout is a terminal)")
+    p.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="dim the thinking (auto: when stdout is a terminal)",
+    )
     add_sampling_arguments(p, temperature=0.7, max_new_tokens=512)
 
 
 def main(args) -> int:
     text_argument(args.system, "--system")
-    engine = load_engine(args.path, dtype=args.dtype, quantize=args.quantize, threads=args.threads,
-                         allow_nonfinite=args.allow_nonfinite, revision=args.revision)
+    engine = load_engine(
+        args.path,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        threads=args.threads,
+        allow_nonfinite=args.allow_nonfinite,
+        revision=args.revision,
+    )
     if not engine.tokenizer.has_chat_template:
-        raise SrlmError(f"{args.path}: srlm chat needs a chat template, and this checkpoint's tokenizer has none "
-                        f"(tokenizer_config.json \"chat_template\" or chat_template.jinja); use srlm generate instead")
+        raise SrlmError(
+            f"{args.path}: srlm chat needs a chat template, and this checkpoint's tokenizer has none "
+            f'(tokenizer_config.json "chat_template" or chat_template.jinja); use srlm generate instead'
+        )
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     kw = sampling_kwargs(args)
     start = [{"role": "system", "content": args.system}] if args.system else []

@@ -15,8 +15,11 @@ from srlm.errors import SrlmError
 def add_arguments(p) -> None:
     p.add_argument("path", help="a .gguf file (or ORG/NAME/FILE.gguf on the Hugging Face Hub)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--dtype", default=None,
-                   help="float32 | bfloat16 | float16 (default: float32 for quantized files, else the file's)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 | bfloat16 | float16 (default: float32 for quantized files, else the file's)",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a Hub file")
 
 
@@ -31,7 +34,9 @@ def main(args) -> int:
     model, tokenizer = load(path, dtype=args.dtype)
     out = save(model, Path(args.out), tokenizer=tokenizer)
     c = model.config
-    print(f"wrote {out}: {c.model_type}, {c.num_hidden_layers} layers x {c.hidden_size}, {model.num_parameters:,} "
-          f"parameters in {c.dtype}, tokenizer with {tokenizer.vocab_size:,} ids"
-          + (", chat template" if tokenizer.has_chat_template else ""))
+    print(
+        f"wrote {out}: {c.model_type}, {c.num_hidden_layers} layers x {c.hidden_size}, {model.num_parameters:,} "
+        f"parameters in {c.dtype}, tokenizer with {tokenizer.vocab_size:,} ids"
+        + (", chat template" if tokenizer.has_chat_template else "")
+    )
     return 0

@@ -27,6 +27,8 @@ def main(args) -> int:
 
     model, tokenizer = load(args.path, dtype="float32", revision=args.revision)
     out = export(model, tokenizer, Path(args.out), args.type, name=args.name)
-    print(f"wrote {out}: {args.type}, {out.stat().st_size / 2**20:,.1f} MiB, "
-          f"{model.config.model_type} architecture, {model.num_parameters:,} parameters")
+    print(
+        f"wrote {out}: {args.type}, {out.stat().st_size / 2**20:,.1f} MiB, "
+        f"{model.config.model_type} architecture, {model.num_parameters:,} parameters"
+    )
     return 0

@@ -29,11 +29,19 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     text_argument(args.prompt, "--prompt")
-    engine = load_engine(args.path, dtype=args.dtype, quantize=args.quantize, threads=args.threads,
-                         allow_nonfinite=args.allow_nonfinite, revision=args.revision)
+    engine = load_engine(
+        args.path,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        threads=args.threads,
+        allow_nonfinite=args.allow_nonfinite,
+        revision=args.revision,
+    )
     if args.chat and not engine.tokenizer.has_chat_template:
-        raise SrlmError(f"{args.path}: --chat needs a chat template, and this checkpoint's tokenizer has none "
-                        f"(tokenizer_config.json \"chat_template\" or chat_template.jinja); drop --chat")
+        raise SrlmError(
+            f"{args.path}: --chat needs a chat template, and this checkpoint's tokenizer has none "
+            f'(tokenizer_config.json "chat_template" or chat_template.jinja); drop --chat'
+        )
     kw = sampling_kwargs(args, args.n)
     prompt_ids = engine.encode_prompt(args.prompt, chat=args.chat)
     t0 = time.perf_counter()
@@ -47,14 +55,30 @@ def main(args) -> int:
     elapsed = time.perf_counter() - t0
     if args.json:
         new = sum(len(c.token_ids) for c in group)
-        print(json.dumps({
-            "prompt": args.prompt, "prompt_tokens": len(prompt_ids),
-            "completions": [{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
-                            for c in group],
-            "settings": {**dataclasses.asdict(kw["sampling"]), "seed": args.seed, "thinking_budget": args.thinking_budget,
-                         "stop": args.stop, "stop_regex": args.stop_regex, "n": args.n, "quantize": args.quantize},
-            "seconds": round(elapsed, 3), "new_tokens": new, "tokens_per_s": round(new / elapsed, 1),
-        }, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "prompt": args.prompt,
+                    "prompt_tokens": len(prompt_ids),
+                    "completions": [
+                        {"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason} for c in group
+                    ],
+                    "settings": {
+                        **dataclasses.asdict(kw["sampling"]),
+                        "seed": args.seed,
+                        "thinking_budget": args.thinking_budget,
+                        "stop": args.stop,
+                        "stop_regex": args.stop_regex,
+                        "n": args.n,
+                        "quantize": args.quantize,
+                    },
+                    "seconds": round(elapsed, 3),
+                    "new_tokens": new,
+                    "tokens_per_s": round(new / elapsed, 1),
+                },
+                ensure_ascii=False,
+            )
+        )
         return 0
     for i, c in enumerate(group):
         print(f"--- sample {i + 1}/{args.n} ({c.finish_reason}, {len(c.token_ids)} tokens)")

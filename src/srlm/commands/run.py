@@ -11,13 +11,22 @@ from srlm.recipes.runner import Runner
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", nargs="?", default="default",
-                        help="a built-in recipe name (default: the tiny CPU pipeline) or a YAML file")
+    parser.add_argument(
+        "recipe",
+        nargs="?",
+        default="default",
+        help="a built-in recipe name (default: the tiny CPU pipeline) or a YAML file",
+    )
     parser.add_argument("--out", default=None, help="run folder (default: runs/RECIPE, runs/RECIPE-quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="the recipe's quick variant (fewer steps, smaller eval)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override: a var (model=/path), a stage's config key (sft.steps=10) or a recipe key "
-                             "(eval.n=100); repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override: a var (model=/path), a stage's config key (sft.steps=10) or a recipe key "
+        "(eval.n=100); repeatable",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--list", action="store_true", help="list the built-in recipes and exit")
 

@@ -17,13 +17,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="the gold data file or folder, in the official format")
     p.add_argument("--predictions", required=True, help="the predictions file (format depends on the task; see --help)")
     p.add_argument("--split", default=None, help="split of --data when it is a folder (default: the task's)")
-    p.add_argument("--prompt", default=None,
-                   help="the prompt template the predictions were made with, where extraction depends on it "
-                        "(gsm8k: gsm8k, gsm8k_cot, chat, chat-boxed, question; default gsm8k)")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="the prompt template the predictions were made with, where extraction depends on it "
+        "(gsm8k: gsm8k, gsm8k_cot, chat, chat-boxed, question; default gsm8k)",
+    )
     p.add_argument("--allow-missing", action="store_true", help="score examples without a prediction as wrong")
     p.add_argument("--out", default=None, help="also write the metrics as JSON here")
-
-
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,7 +40,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {task.name} {metric}: {meaning}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(clean_json({"task": task.name, "prompt": task.prompt.name,
-                                                         "metrics": metrics}), indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps(clean_json({"task": task.name, "prompt": task.prompt.name, "metrics": metrics}), indent=2) + "\n"
+        )
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -23,8 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML config (see src/srlm/recipes/*.yaml); optional")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     # REMAINDER, so --resume / --config may also come after the overrides (picked out in main)
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
-                        help="config overrides, e.g. lr=3e-4 lora.rank=8")
+    parser.add_argument(
+        "overrides", nargs=argparse.REMAINDER, metavar="key=value", help="config overrides, e.g. lr=3e-4 lora.rank=8"
+    )
 
 
 def make_evaluate(config):
@@ -41,7 +42,9 @@ def make_evaluate(config):
         from srlm.infer.backend import EngineBackend
         from srlm.infer.engine import Engine
     except ImportError as e:
-        raise SrlmError(f"eval_tasks is set but the evaluation harness is unavailable ({e}); remove eval_tasks") from None
+        raise SrlmError(
+            f"eval_tasks is set but the evaluation harness is unavailable ({e}); remove eval_tasks"
+        ) from None
     sources = set(getattr(config, "data", []) or [])
     options = {k: v for k, v in (getattr(config, "data_options", {}) or {}).items() if k != "n_train"}
     tasks = {}

@@ -28,7 +28,7 @@ def _answer_span(output: str) -> tuple[str | None, str]:
     starts = [m.end() for m in _ANSWER_LINE.finditer(region)]
     if not starts:
         return None, region
-    return region[starts[-1]:].split("\n", 1)[0].strip(), region
+    return region[starts[-1] :].split("\n", 1)[0].strip(), region
 
 
 def extract_number(output: str) -> str | None:
@@ -61,8 +61,9 @@ def numbers_equal(prediction: str | None, gold: str) -> bool:
     return p is not None and g is not None and p == g
 
 
-def majority(answers: Iterable[str | None], key: Callable[[str], Hashable] | None = None
-             ) -> tuple[str | None, list[tuple[str, int]]]:
+def majority(
+    answers: Iterable[str | None], key: Callable[[str], Hashable] | None = None
+) -> tuple[str | None, list[tuple[str, int]]]:
     """(winner, votes): the most frequent non-None answer, grouped by `key` (default: the stripped text),
     ties to the group seen first; each group is spelled as its first member (stripped); votes are
     (spelling, count), most common first. (None, []) when nothing voted."""

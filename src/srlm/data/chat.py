@@ -57,8 +57,10 @@ def example_to_messages(example: Example, think: bool = True, system: str | None
     else:
         reasoning, final = None, example.answer
     msgs = [{"role": "system", "content": system}] if system else []
-    msgs += [{"role": "user", "content": example.prompt},
-             {"role": "assistant", "content": assistant_text(reasoning, final, think)}]
+    msgs += [
+        {"role": "user", "content": example.prompt},
+        {"role": "assistant", "content": assistant_text(reasoning, final, think)},
+    ]
     return msgs
 
 
@@ -67,15 +69,17 @@ def _check_messages(msgs: Any, where: str) -> list[dict[str, str]]:
         raise SrlmError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
     for j, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise SrlmError(f"{where}: message {j} must be an object with role in {ROLES} and a string content, "
-                            f"got {str(m)[:80]}")
+            raise SrlmError(
+                f"{where}: message {j} must be an object with role in {ROLES} and a string content, got {str(m)[:80]}"
+            )
     if not any(m["role"] == "assistant" for m in msgs):
         raise SrlmError(f"{where}: conversation has no assistant message, so nothing to train on")
     return msgs
 
 
-def read_conversations(path: str | Path, think: bool = True, system: str | None = None,
-                       limit: int | None = None) -> list[list[dict[str, str]]]:
+def read_conversations(
+    path: str | Path, think: bool = True, system: str | None = None, limit: int | None = None
+) -> list[list[dict[str, str]]]:
     """Conversations from a jsonl file (messages, GSM8K or synthetic records), format detected per line."""
     out = []
     for line, obj in read_jsonl(path):
@@ -88,22 +92,36 @@ def read_conversations(path: str | Path, think: bool = True, system: str | None 
             reasoning, final = _gsm_split(obj["answer"], where)
             msgs = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": obj["question"].strip()},
-                {"role": "assistant", "content": assistant_text(reasoning, final, think)}]
+                {"role": "assistant", "content": assistant_text(reasoning, final, think)},
+            ]
         elif "prompt" in obj and ("solution" in obj or "answer" in obj):
-            ex = Example(id=str(obj.get("id", line)), prompt=str(obj["prompt"]), answer=str(obj.get("answer", "")),
-                         solution=obj.get("solution"), meta=obj.get("meta") or {})
+            ex = Example(
+                id=str(obj.get("id", line)),
+                prompt=str(obj["prompt"]),
+                answer=str(obj.get("answer", "")),
+                solution=obj.get("solution"),
+                meta=obj.get("meta") or {},
+            )
             msgs = example_to_messages(ex, think, system)
         else:
-            raise SrlmError(f"{where}: unknown record; expected 'messages', or 'question'+'answer' (GSM8K), "
-                            f"or 'prompt'+'solution' (synthetic); fields present: {', '.join(obj) or 'none'}")
+            raise SrlmError(
+                f"{where}: unknown record; expected 'messages', or 'question'+'answer' (GSM8K), "
+                f"or 'prompt'+'solution' (synthetic); fields present: {', '.join(obj) or 'none'}"
+            )
         out.append(msgs)
         if limit is not None and len(out) >= limit:
             break
     return out
 
 
-def load_conversations(source: str, options: dict | None = None, think: bool = True, system: str | None = None,
-                       limit: int | None = None, split: str = "train") -> list[list[dict[str, str]]]:
+def load_conversations(
+    source: str,
+    options: dict | None = None,
+    think: bool = True,
+    system: str | None = None,
+    limit: int | None = None,
+    split: str = "train",
+) -> list[list[dict[str, str]]]:
     """Conversations from a jsonl file path or a registered task name (`options` go to the task)."""
     options = dict(options or {})
     p = Path(source)
@@ -119,8 +137,9 @@ def load_conversations(source: str, options: dict | None = None, think: bool = T
     return [example_to_messages(ex, think, system) for ex in examples]
 
 
-def tokenize_conversation(tokenizer, messages: list[dict[str, str]], where: str = "conversation",
-                          max_len: int | None = None) -> tuple[list[int], list[int]]:
+def tokenize_conversation(
+    tokenizer, messages: list[dict[str, str]], where: str = "conversation", max_len: int | None = None
+) -> tuple[list[int], list[int]]:
     """(ids, labels) with labels = ids on assistant turns (through the end-of-turn token), -100 elsewhere."""
     full = tokenizer.apply_chat_template(messages)
     labels = [-100] * len(full)
@@ -131,12 +150,17 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], where: str 
         if i == 0:
             raise SrlmError(f"{where}: starts with an assistant message; put a user (or system) message first")
         prefix = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[:i + 1])
-        for name, part in (("the prompt through the generation prompt", prefix), ("the conversation through this turn", through)):
-            if full[:len(part)] != part:
-                raise SrlmError(f"{where}: the chat template breaks the prefix property at message {i}: the ids of "
-                                f"{name} are not a prefix of the whole conversation's ids, so assistant tokens "
-                                f"cannot be located; use a template that renders earlier turns unchanged")
+        through = tokenizer.apply_chat_template(messages[: i + 1])
+        for name, part in (
+            ("the prompt through the generation prompt", prefix),
+            ("the conversation through this turn", through),
+        ):
+            if full[: len(part)] != part:
+                raise SrlmError(
+                    f"{where}: the chat template breaks the prefix property at message {i}: the ids of "
+                    f"{name} are not a prefix of the whole conversation's ids, so assistant tokens "
+                    f"cannot be located; use a template that renders earlier turns unchanged"
+                )
         start, end = len(prefix), len(through)
         # stop after the end-of-turn token: what follows it (a newline) belongs to no turn
         for j in range(start, end):

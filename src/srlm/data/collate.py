@@ -13,5 +13,5 @@ def pad_right(rows: Sequence[Sequence[int] | torch.Tensor], value: int, width: i
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, r in enumerate(rows):
         if len(r):
-            out[i, :len(r)] = r if torch.is_tensor(r) else torch.tensor(r, dtype=torch.long)
+            out[i, : len(r)] = r if torch.is_tensor(r) else torch.tensor(r, dtype=torch.long)
     return out

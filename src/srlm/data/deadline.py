@@ -35,7 +35,7 @@ class _Expired(BaseException):
 
 
 _deadlines: list[float] = []  # monotonic deadlines of the active limits, outermost first (main thread only)
-_exiting = False              # a limit is updating _deadlines: the alarm handler leaves it to the exit path
+_exiting = False  # a limit is updating _deadlines: the alarm handler leaves it to the exit path
 
 
 def _check() -> None:

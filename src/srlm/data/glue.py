@@ -57,8 +57,12 @@ class GlueTask(Task):
         stem = self.dev_name if split in ("dev", "validation", "val") else split
         if split == "test":
             raise SrlmError(f"{self.name}: GLUE test files have no labels; evaluate on split 'dev' or 'train'")
-        return find_file(p, [f"{stem}.tsv", f"{stem}.jsonl", f"*{stem}*.tsv", f"*{stem}*.jsonl"],
-                         f"{self.name} split {split!r}", exts=(".tsv", ".jsonl"))
+        return find_file(
+            p,
+            [f"{stem}.tsv", f"{stem}.jsonl", f"*{stem}*.tsv", f"*{stem}*.jsonl"],
+            f"{self.name} split {split!r}",
+            exts=(".tsv", ".jsonl"),
+        )
 
     def source(self, split: str, data: str | None) -> Path:
         if data is None:
@@ -74,14 +78,21 @@ class GlueTask(Task):
             for names in self.fields:
                 v = next((row[n] for n in names if n in row), None)
                 if v is None:
-                    raise SrlmError(f"{where}: no column {names[0]!r} (or {', '.join(names[1:])}); is this the {self.folder} file?")
+                    raise SrlmError(
+                        f"{where}: no column {names[0]!r} (or {', '.join(names[1:])}); is this the {self.folder} file?"
+                    )
                 texts.append(str(v).strip())
             raw = next((row[n] for n in self.label_field if n in row), None)
             answer, meta = self._gold(raw, where)
-            ex_id = str(next((row[n] for n in ("index", "idx", "id", "pairID") if n in row and str(row[n]) != ""), len(out)))
+            ex_id = str(
+                next((row[n] for n in ("index", "idx", "id", "pairID") if n in row and str(row[n]) != ""), len(out))
+            )
             meta["line"] = line
-            out.append(Example(id=ex_id, prompt=self.template.format(*texts), answer=answer,
-                               choices=list(self.choices), meta=meta))
+            out.append(
+                Example(
+                    id=ex_id, prompt=self.template.format(*texts), answer=answer, choices=list(self.choices), meta=meta
+                )
+            )
             if limit is not None and len(out) >= limit:
                 break
         return out
@@ -94,13 +105,17 @@ class GlueTask(Task):
         cols = cols or list(self.no_header)
         for line, fields_ in rows:
             if len(fields_) != len(cols):
-                raise SrlmError(f"{path}:{line}: {len(fields_)} tab-separated fields, expected {len(cols)} "
-                                f"as in the header ({', '.join(cols)})")
+                raise SrlmError(
+                    f"{path}:{line}: {len(fields_)} tab-separated fields, expected {len(cols)} "
+                    f"as in the header ({', '.join(cols)})"
+                )
             yield line, dict(zip(cols, fields_))
 
     def _gold(self, raw, where) -> tuple[str, dict]:
         if raw is None or str(raw).strip() in ("", "-1", "-"):
-            raise SrlmError(f"{where}: no label (column {self.label_field[0]!r}); unlabeled files (GLUE test) cannot be scored")
+            raise SrlmError(
+                f"{where}: no label (column {self.label_field[0]!r}); unlabeled files (GLUE test) cannot be scored"
+            )
         s = str(raw).strip()
         if s in self.labels:
             i = self.labels.index(s)
@@ -135,8 +150,10 @@ class GlueTask(Task):
         n = len(records)
         low = [c.lower() for c in self.choices]
         gold = [low.index(r["gold"].lower()) for r in records]
-        pred = [low.index(r["extracted"].lower()) if r.get("extracted") and r["extracted"].lower() in low else -1
-                for r in records]
+        pred = [
+            low.index(r["extracted"].lower()) if r.get("extracted") and r["extracted"].lower() in low else -1
+            for r in records
+        ]
         out = {"accuracy": stats.accuracy(gold, pred)}
         if self.metric == "mcc":
             out = {"mcc": stats.matthews_corrcoef(gold, pred), **out}
@@ -146,8 +163,10 @@ class GlueTask(Task):
         return out
 
     def protocol(self):
-        label = ("the label word with the highest log-likelihood after the prompt (or the first label word "
-                 "generated, with --scoring generate)")
+        label = (
+            "the label word with the highest log-likelihood after the prompt (or the first label word "
+            "generated, with --scoring generate)"
+        )
         metrics = {"accuracy": f"fraction of examples whose prediction, {label}, is the gold label"}
         if self.metric == "mcc":
             metrics = {"mcc": "Matthews correlation of predicted and gold labels (CoLA's GLUE metric)", **metrics}
@@ -236,13 +255,17 @@ class STSB(GlueTask):
     fields = (("sentence1",), ("sentence2",))
     label_field = ("score", "label")
     choices = ("0", "1", "2", "3", "4", "5")
-    template = "Sentence 1: {}\nSentence 2: {}\nQuestion: On a scale from 0 to 5, how similar are the two sentences?\nAnswer:"
+    template = (
+        "Sentence 1: {}\nSentence 2: {}\nQuestion: On a scale from 0 to 5, how similar are the two sentences?\nAnswer:"
+    )
 
     def _gold(self, raw, where):
         try:
             score = float(raw)
         except (TypeError, ValueError):
-            raise SrlmError(f"{where}: similarity score {raw!r} is not a number; unlabeled files (GLUE test) cannot be scored") from None
+            raise SrlmError(
+                f"{where}: similarity score {raw!r} is not a number; unlabeled files (GLUE test) cannot be scored"
+            ) from None
         if not 0.0 <= score <= 5.0 or math.isnan(score):
             raise SrlmError(f"{where}: similarity score {score} is outside 0..5")
         return str(score), {"score": score}
@@ -272,19 +295,37 @@ class STSB(GlueTask):
             except (TypeError, ValueError):
                 pred.append(2.5)
                 invalid += 1
-        return {"pearson": stats.pearson(gold, pred), "spearman": stats.spearman(gold, pred),
-                "invalid": invalid, "n": len(records)}
+        return {
+            "pearson": stats.pearson(gold, pred),
+            "spearman": stats.spearman(gold, pred),
+            "invalid": invalid,
+            "n": len(records),
+        }
 
     def protocol(self):
-        return {"metrics": {
-            "pearson": "Pearson correlation of predicted and gold similarity; the prediction is the expected score "
-                       "under the label words' log-likelihoods (or the number generated)",
-            "spearman": "Spearman rank correlation of the same",
-            "invalid": "predictions that are no number (scored as 2.5)"}, "references": {}}
+        return {
+            "metrics": {
+                "pearson": "Pearson correlation of predicted and gold similarity; the prediction is the expected score "
+                "under the label words' log-likelihoods (or the number generated)",
+                "spearman": "Spearman rank correlation of the same",
+                "invalid": "predictions that are no number (scored as 2.5)",
+            },
+            "references": {},
+        }
 
 
-GLUE_TASKS = ("glue-cola", "glue-sst2", "glue-mrpc", "glue-qqp", "glue-stsb", "glue-mnli", "glue-mnli-mm",
-              "glue-qnli", "glue-rte", "glue-wnli")
+GLUE_TASKS = (
+    "glue-cola",
+    "glue-sst2",
+    "glue-mrpc",
+    "glue-qqp",
+    "glue-stsb",
+    "glue-mnli",
+    "glue-mnli-mm",
+    "glue-qnli",
+    "glue-rte",
+    "glue-wnli",
+)
 
 
 def available_glue_tasks(data: str | Path, split: str = "dev") -> list[str]:

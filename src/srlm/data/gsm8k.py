@@ -141,33 +141,49 @@ def extract_lenient(output: str) -> str | None:
 # 8 GSM8K exemplars, copied verbatim from lm-evaluation-harness (MIT licence),
 # lm_eval/tasks/gsm8k/gsm8k-cot.yaml (fewshot_config.samples): question, target.
 COT_EXEMPLARS = (
-    ('There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, '
-     'there will be 21 trees. How many trees did the grove workers plant today?',
-     'There are 15 trees originally. Then there were 21 trees after some more were planted. So there must have '
-     'been 21 - 15 = 6. The answer is 6.'),
-    ('If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?',
-     'There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5.'),
-    ('Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?',
-     'Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After eating 35, '
-     'they had 74 - 35 = 39. The answer is 39.'),
-    ('Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many lollipops did '
-     'Jason give to Denny?',
-     'Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 - 12 = 8. '
-     'The answer is 8.'),
-    ('Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?',
-     'Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. 5 + 4 = 9. '
-     'The answer is 9.'),
-    ('There were nine computers in the server room. Five more computers were installed each day, from monday to '
-     'thursday. How many computers are now in the server room?',
-     'There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = 20 computers '
-     'were added. 9 + 20 is 29. The answer is 29.'),
-    ('Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How many golf '
-     'balls did he have at the end of wednesday?',
-     'Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After losing 2 more, he '
-     'had 35 - 2 = 33 golf balls. The answer is 33.'),
-    ('Olivia has $23. She bought five bagels for $3 each. How much money does she have left?',
-     'Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars '
-     'left. 23 - 15 is 8. The answer is 8.'),
+    (
+        "There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, "
+        "there will be 21 trees. How many trees did the grove workers plant today?",
+        "There are 15 trees originally. Then there were 21 trees after some more were planted. So there must have "
+        "been 21 - 15 = 6. The answer is 6.",
+    ),
+    (
+        "If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
+        "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5.",
+    ),
+    (
+        "Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
+        "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After eating 35, "
+        "they had 74 - 35 = 39. The answer is 39.",
+    ),
+    (
+        "Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many lollipops did "
+        "Jason give to Denny?",
+        "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 - 12 = 8. "
+        "The answer is 8.",
+    ),
+    (
+        "Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?",  # noqa: E501  (verbatim)
+        "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. 5 + 4 = 9. "
+        "The answer is 9.",
+    ),
+    (
+        "There were nine computers in the server room. Five more computers were installed each day, from monday to "
+        "thursday. How many computers are now in the server room?",
+        "There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 = 20 computers "
+        "were added. 9 + 20 is 29. The answer is 29.",
+    ),
+    (
+        "Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. How many golf "
+        "balls did he have at the end of wednesday?",
+        "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After losing 2 more, he "
+        "had 35 - 2 = 33 golf balls. The answer is 33.",
+    ),
+    (
+        "Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+        "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars "
+        "left. 23 - 15 is 8. The answer is 8.",
+    ),
 )
 
 CHAT_HASH = 'Please reason step by step, and write your final answer as a number after "####" on the last line.'
@@ -175,22 +191,41 @@ CHAT_BOXED = "Please reason step by step, and put your final answer within \\box
 _LM_EVAL_STOP = ("Question:", "</s>", "<|im_end|>")
 
 PROMPTS = {
-    "gsm8k": Prompt("gsm8k", "lm-eval gsm8k: 'Question: {question}\\nAnswer: {answer}' shots from the train split, "
-                    "then 'Question: {question}\\nAnswer:'", chat=False, shots=5, sampler="lm-eval",
-                    stop=_LM_EVAL_STOP, max_new_tokens=256,
-                    reference=f"lm-evaluation-harness {LM_EVAL_REFERENCE} task gsm8k (version 3.0)"),
-    "gsm8k_cot": Prompt("gsm8k_cot", "lm-eval gsm8k_cot: the 8 chain-of-thought exemplars of Wei et al. 2022 as "
-                        "'Q: ...\\nA: ...', then 'Q: {question}\\nA:'", chat=False, shots=8, sampler="fixed",
-                        exemplars=tuple(Example(id=f"gsm8k-cot-exemplar-{i}", prompt=q, answer=t.rsplit(" ", 1)[-1]
-                                                .rstrip("."), solution=t) for i, (q, t) in enumerate(COT_EXEMPLARS)),
-                        stop=("Q:", "</s>", "<|im_end|>"), max_new_tokens=256,
-                        reference=f"lm-evaluation-harness {LM_EVAL_REFERENCE} task gsm8k_cot (version 3.0)"),
-    "chat": Prompt("chat", f"chat, zero-shot: the question, a blank line, then: {CHAT_HASH}", chat=True,
-                   max_new_tokens=512),
-    "chat-boxed": Prompt("chat-boxed", f"chat, zero-shot: the question, a blank line, then: {CHAT_BOXED}", chat=True,
-                         max_new_tokens=512),
-    "question": Prompt("question", "chat: the bare question as the user turn (srlm's SFT format); shots as earlier "
-                       "turns", chat=True),
+    "gsm8k": Prompt(
+        "gsm8k",
+        "lm-eval gsm8k: 'Question: {question}\\nAnswer: {answer}' shots from the train split, "
+        "then 'Question: {question}\\nAnswer:'",
+        chat=False,
+        shots=5,
+        sampler="lm-eval",
+        stop=_LM_EVAL_STOP,
+        max_new_tokens=256,
+        reference=f"lm-evaluation-harness {LM_EVAL_REFERENCE} task gsm8k (version 3.0)",
+    ),
+    "gsm8k_cot": Prompt(
+        "gsm8k_cot",
+        "lm-eval gsm8k_cot: the 8 chain-of-thought exemplars of Wei et al. 2022 as "
+        "'Q: ...\\nA: ...', then 'Q: {question}\\nA:'",
+        chat=False,
+        shots=8,
+        sampler="fixed",
+        exemplars=tuple(
+            Example(id=f"gsm8k-cot-exemplar-{i}", prompt=q, answer=t.rsplit(" ", 1)[-1].rstrip("."), solution=t)
+            for i, (q, t) in enumerate(COT_EXEMPLARS)
+        ),
+        stop=("Q:", "</s>", "<|im_end|>"),
+        max_new_tokens=256,
+        reference=f"lm-evaluation-harness {LM_EVAL_REFERENCE} task gsm8k_cot (version 3.0)",
+    ),
+    "chat": Prompt(
+        "chat", f"chat, zero-shot: the question, a blank line, then: {CHAT_HASH}", chat=True, max_new_tokens=512
+    ),
+    "chat-boxed": Prompt(
+        "chat-boxed", f"chat, zero-shot: the question, a blank line, then: {CHAT_BOXED}", chat=True, max_new_tokens=512
+    ),
+    "question": Prompt(
+        "question", "chat: the bare question as the user turn (srlm's SFT format); shots as earlier turns", chat=True
+    ),
 }
 
 
@@ -204,7 +239,9 @@ class GSM8K(Task):
 
     def source(self, split: str, data: str | None) -> Path:
         if data is None:
-            raise SrlmError("gsm8k: give the official jsonl with --data FILE_OR_DIR (e.g. grade_school_math/data/test.jsonl)")
+            raise SrlmError(
+                "gsm8k: give the official jsonl with --data FILE_OR_DIR (e.g. grade_school_math/data/test.jsonl)"
+            )
         return find_file(data, [f"{split}.jsonl", f"*{split}*.jsonl", "*.jsonl"], f"gsm8k split {split!r}")
 
     def load(self, split: str = "test", data: str | None = None, limit: int | None = None) -> list[Example]:
@@ -220,12 +257,21 @@ class GSM8K(Task):
             steps, _, raw_gold = a.rpartition("####")
             gold = normalize_number(raw_gold)
             if not _GOLD.fullmatch(gold):
-                raise SrlmError(f"{where}: field 'answer': the final answer after '####' is {raw_gold.strip()!r}, "
-                                f"not a number; GSM8K answers end in '#### N' with N a number")
+                raise SrlmError(
+                    f"{where}: field 'answer': the final answer after '####' is {raw_gold.strip()!r}, "
+                    f"not a number; GSM8K answers end in '#### N' with N a number"
+                )
             steps = _CALC.sub("", steps).strip()
             ex_id = str(obj.get("id", position))
-            out.append(Example(id=ex_id, prompt=q.strip(), answer=gold, solution=f"{steps}\n#### {gold}",
-                               meta={"line": line, "question": q, "answer": a}))
+            out.append(
+                Example(
+                    id=ex_id,
+                    prompt=q.strip(),
+                    answer=gold,
+                    solution=f"{steps}\n#### {gold}",
+                    meta={"line": line, "question": q, "answer": a},
+                )
+            )
             if limit is not None and len(out) >= limit:
                 break
         return out
@@ -246,8 +292,12 @@ class GSM8K(Task):
         if name == "gsm8k_cot":
             return "".join(f"Q: {s.prompt}\nA: {s.solution}\n\n" for s in shots or []) + f"Q: {example.prompt}\nA:"
         if name == "gsm8k":
-            return "".join(f"Question: {_question(s)}\nAnswer: {s.meta.get('answer', s.solution)}\n\n"
-                           for s in shots or []) + f"Question: {_question(example)}\nAnswer:"
+            return (
+                "".join(
+                    f"Question: {_question(s)}\nAnswer: {s.meta.get('answer', s.solution)}\n\n" for s in shots or []
+                )
+                + f"Question: {_question(example)}\nAnswer:"
+            )
         raise SrlmError(f"gsm8k: prompt {name!r} is a chat prompt; it needs the model's chat template")
 
     def chat_messages(self, example: Example, shots: list[Example] | None = None) -> list[dict[str, str]]:
@@ -258,7 +308,9 @@ class GSM8K(Task):
             msgs.append({"role": "user", "content": f"{s.prompt}\n\n{instruction}" if instruction else s.prompt})
             if s is not example:
                 steps = (s.solution or "").rpartition("####")[0].strip()
-                answer = f"{steps}\nThe final answer is $\\boxed{{{s.answer}}}$." if name == "chat-boxed" else s.solution
+                answer = (
+                    f"{steps}\nThe final answer is $\\boxed{{{s.answer}}}$." if name == "chat-boxed" else s.solution
+                )
                 msgs.append({"role": "assistant", "content": answer or s.answer})
         return msgs
 
@@ -285,9 +337,12 @@ class GSM8K(Task):
         name = self._name()
         strict = sum(exact_match(strict_match(r["output"], name), self._reference(r)) for r in records)
         flexible = sum(exact_match(flexible_extract(r["output"]), self._reference(r)) for r in records)
-        return {"exact_match,strict-match": strict / n if n else 0.0,
-                "exact_match,flexible-extract": flexible / n if n else 0.0,
-                "accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0, "n": n}
+        return {
+            "exact_match,strict-match": strict / n if n else 0.0,
+            "exact_match,flexible-extract": flexible / n if n else 0.0,
+            "accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0,
+            "n": n,
+        }
 
     def protocol(self) -> dict[str, Any]:
         name = self._name()
@@ -297,15 +352,17 @@ class GSM8K(Task):
         return {
             "metrics": {
                 "exact_match,strict-match": f"strict-match, {where}: the {'first' if group == 0 else 'last'} match "
-                                            f"of {pattern.pattern!r}, else '[invalid]'; then lm-eval gsm8k's "
-                                            "exact_match (drop ',', '$', up to '#### ', a final '.'; ignore case)",
+                f"of {pattern.pattern!r}, else '[invalid]'; then lm-eval gsm8k's "
+                "exact_match (drop ',', '$', up to '#### ', a final '.'; ignore case)",
                 "exact_match,flexible-extract": f"flexible-extract, lm-eval's: the last match of "
-                                                f"{FLEXIBLE_EXTRACT[0].pattern!r}; then the same exact_match",
+                f"{FLEXIBLE_EXTRACT[0].pattern!r}; then the same exact_match",
                 "accuracy": "srlm's lenient reading (not comparable with published figures): first '#### N', "
-                            "'The answer is N' or '\\boxed{N}', else the last number; equal as decimals",
+                "'The answer is N' or '\\boxed{N}', else the last number; equal as decimals",
             },
-            "references": {"lm-evaluation-harness": f"{LM_EVAL_REFERENCE} gsm8k filters and exact_match"
-                                                    + ("" if lm_eval else f" (prompt {name!r} is srlm's own)")},
+            "references": {
+                "lm-evaluation-harness": f"{LM_EVAL_REFERENCE} gsm8k filters and exact_match"
+                + ("" if lm_eval else f" (prompt {name!r} is srlm's own)")
+            },
         }
 
 

@@ -40,7 +40,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SrlmError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}); one JSON object per line is expected") from None
+            raise SrlmError(
+                f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}); one JSON object per line is expected"
+            ) from None
         if not isinstance(obj, dict):
             raise SrlmError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
         yield i, obj
@@ -93,8 +95,11 @@ def field(obj: dict[str, Any], names: tuple[str, ...], where: str) -> Any:
     for n in names:
         if n in obj:
             return obj[n]
-    raise SrlmError(f"{where}: missing field {names[0]!r}" + (f" (or {', '.join(map(repr, names[1:]))})" if len(names) > 1 else "")
-                    + f"; fields present: {', '.join(map(repr, obj)) or 'none'}")
+    raise SrlmError(
+        f"{where}: missing field {names[0]!r}"
+        + (f" (or {', '.join(map(repr, names[1:]))})" if len(names) > 1 else "")
+        + f"; fields present: {', '.join(map(repr, obj)) or 'none'}"
+    )
 
 
 def find_file(data: str | Path, candidates: list[str], what: str, exts: tuple[str, ...] = ()) -> Path:
@@ -109,8 +114,10 @@ def find_file(data: str | Path, candidates: list[str], what: str, exts: tuple[st
         hits = sorted(h for h in p.glob(c) if h.is_file() and (not exts or h.name.endswith(exts)))
         if hits:
             return hits[0]
-    raise SrlmError(f"{p}: no file for {what} in this folder; looked for {', '.join(candidates)}. "
-                    f"Pass the file itself with --data FILE")
+    raise SrlmError(
+        f"{p}: no file for {what} in this folder; looked for {', '.join(candidates)}. "
+        f"Pass the file itself with --data FILE"
+    )
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

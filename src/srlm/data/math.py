@@ -41,7 +41,7 @@ def _braced(s: str, start: int) -> tuple[str, int] | None:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return s[start + 1:i], i + 1
+                return s[start + 1 : i], i + 1
     return None
 
 
@@ -79,12 +79,51 @@ def extract_answer(output: str) -> str | None:
 
 # ---------------------------------------------------------------- normalisation
 
-_UNIT_WORDS = ("square", "ways", "integers", "dollars", "mph", "inches", "inch", "ft", "feet", "hours", "hour",
-               "km", "units", "unit", "sue", "points", "minutes", "digits", "cents", "degrees", "cm", "gm",
-               "pounds", "meters", "meals", "edges", "students", "childrentickets", "multiples", "calories",
-               "seconds", "days", "years", "miles", "square units", "sq units", "cubic", "centimeters")
-_TRAILING_UNITS = re.compile(r"(?:\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]*\}(?:\^\{?[23]\}?)?|\s+(?:" + "|".join(
-    sorted((re.escape(u) for u in _UNIT_WORDS), key=len, reverse=True)) + r")(?:\^\{?[23]\}?)?)+\s*$")
+_UNIT_WORDS = (
+    "square",
+    "ways",
+    "integers",
+    "dollars",
+    "mph",
+    "inches",
+    "inch",
+    "ft",
+    "feet",
+    "hours",
+    "hour",
+    "km",
+    "units",
+    "unit",
+    "sue",
+    "points",
+    "minutes",
+    "digits",
+    "cents",
+    "degrees",
+    "cm",
+    "gm",
+    "pounds",
+    "meters",
+    "meals",
+    "edges",
+    "students",
+    "childrentickets",
+    "multiples",
+    "calories",
+    "seconds",
+    "days",
+    "years",
+    "miles",
+    "square units",
+    "sq units",
+    "cubic",
+    "centimeters",
+)
+_TRAILING_UNITS = re.compile(
+    r"(?:\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]*\}(?:\^\{?[23]\}?)?|\s+(?:"
+    + "|".join(sorted((re.escape(u) for u in _UNIT_WORDS), key=len, reverse=True))
+    + r")(?:\^\{?[23]\}?)?)+\s*$"
+)
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
@@ -96,7 +135,7 @@ def _unwrap(s: str, macro: str) -> str:
         got = _braced(s, i + len(macro))
         if not got:
             return s
-        s = s[:i] + got[0] + s[got[1]:]
+        s = s[:i] + got[0] + s[got[1] :]
 
 
 def _fix_fracs(s: str) -> str:
@@ -128,9 +167,9 @@ def normalize(answer: str | None) -> str:
     for macro in ("\\text", "\\textbf", "\\mbox", "\\mathrm", "\\mathbf", "\\boxed", "\\overline"):
         s = _unwrap(s, macro)
     s = s.replace("\\le ", "\\le").strip()
-    s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)            # "x \in [-2,7]" -> "[-2,7]"
+    s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)  # "x \in [-2,7]" -> "[-2,7]"
     parts = s.split("=")
-    if len(parts) == 2 and len(parts[0].strip()) <= 2:   # "x = 5" -> "5" (Hendrycks)
+    if len(parts) == 2 and len(parts[0].strip()) <= 2:  # "x = 5" -> "5" (Hendrycks)
         s = parts[1]
     s = s.strip().rstrip(".").strip()
     s = re.sub(r"\\sqrt(?![a-zA-Z{\[])\s*([0-9a-zA-Z])", r"\\sqrt{\1}", s)
@@ -138,9 +177,9 @@ def normalize(answer: str | None) -> str:
     s = _fix_fracs(s)
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
-    s = re.sub(r"(?<![0-9])\.(?=[0-9])", "0.", s)    # ".5" -> "0.5"
+    s = re.sub(r"(?<![0-9])\.(?=[0-9])", "0.", s)  # ".5" -> "0.5"
     s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"(\d)\.0+$", r"\1", s)                 # "10.0" -> "10"
+    s = re.sub(r"(\d)\.0+$", r"\1", s)  # "10.0" -> "10"
     return s
 
 
@@ -180,8 +219,11 @@ def _parse(answer: str):
     mv = _math_verify()
     # LaTeX extraction only: math-verify's ExprExtractionConfig hands text to sympy's parse_expr, which runs eval.
     # Its own timeouts are off (None): they use signal.alarm, which would cancel an enclosing time_limit.
-    return mv.parse("$" + _UNESCAPED_DOLLAR.sub("", answer) + "$",
-                    extraction_config=[mv.LatexExtractionConfig()], parsing_timeout=None)
+    return mv.parse(
+        "$" + _UNESCAPED_DOLLAR.sub("", answer) + "$",
+        extraction_config=[mv.LatexExtractionConfig()],
+        parsing_timeout=None,
+    )
 
 
 def verify(prediction: str, gold: str, timeout: float = 5.0) -> bool:
@@ -217,8 +259,13 @@ class MATH(Task):
     max_new_tokens = 512
     default_split = "test"
     _files = ["{split}.jsonl", "*{split}*.jsonl", "*.jsonl"]
-    prompts = {"default": Prompt("default", "'Problem: {problem}\\nSolution:' as text (shots: problem and solution); "
-                                 "as chat, the problem then 'Put your final answer within \\boxed{}.'")}
+    prompts = {
+        "default": Prompt(
+            "default",
+            "'Problem: {problem}\\nSolution:' as text (shots: problem and solution); "
+            "as chat, the problem then 'Put your final answer within \\boxed{}.'",
+        )
+    }
 
     def _gold(self, obj, where) -> str:
         sol = field(obj, ("solution",), where)
@@ -244,8 +291,15 @@ class MATH(Task):
             gold = self._gold(obj, where)
             meta = {k: obj[k] for k in ("level", "type", "subject") if k in obj}
             meta["line"] = line
-            out.append(Example(id=self._id(obj, len(out)), prompt=problem.strip(), answer=gold,
-                               solution=obj.get("solution"), meta=meta))
+            out.append(
+                Example(
+                    id=self._id(obj, len(out)),
+                    prompt=problem.strip(),
+                    answer=gold,
+                    solution=obj.get("solution"),
+                    meta=meta,
+                )
+            )
             if limit is not None and len(out) >= limit:
                 break
         return out
@@ -273,10 +327,14 @@ class MATH(Task):
         return normalize(prediction)
 
     def protocol(self):
-        return {"metrics": {"accuracy": "last \\boxed{} of the output (or what follows 'final answer is') equivalent "
-                                        "to the gold answer: equal after srlm's normalize, or math-verify's "
-                                        "verify(gold, prediction) on both parsed as LaTeX"},
-                "references": {"math-verify": math_verify_version() or "not installed"}}
+        return {
+            "metrics": {
+                "accuracy": "last \\boxed{} of the output (or what follows 'final answer is') equivalent "
+                "to the gold answer: equal after srlm's normalize, or math-verify's "
+                "verify(gold, prediction) on both parsed as LaTeX"
+            },
+            "references": {"math-verify": math_verify_version() or "not installed"},
+        }
 
 
 @register
@@ -287,6 +345,8 @@ class MATH500(MATH):
         answer = field(obj, ("answer",), where)
         boxed = last_boxed(obj.get("solution", "") or "")
         if boxed is not None and boxed.strip() != str(answer).strip():
-            raise SrlmError(f"{where}: field 'answer' ({answer!r}) differs from the last \\boxed{{}} of 'solution' "
-                            f"({boxed!r}); the file is not the official MATH-500")
+            raise SrlmError(
+                f"{where}: field 'answer' ({answer!r}) differs from the last \\boxed{{}} of 'solution' "
+                f"({boxed!r}); the file is not the official MATH-500"
+            )
         return str(answer)

@@ -82,8 +82,12 @@ class SQuAD(Task):
         ver = "2.0" if self.v2 else "1.1"
         if data is None:
             raise SrlmError(f"{self.name}: give the official JSON (e.g. dev-v{ver}.json) with --data")
-        return find_file(data, [f"{split}-v{ver}*.json", f"*{split}*v{ver}*.json", f"*{split}*.json"],
-                         f"{self.name} split {split!r}", exts=(".json",))
+        return find_file(
+            data,
+            [f"{split}-v{ver}*.json", f"*{split}*v{ver}*.json", f"*{split}*.json"],
+            f"{self.name} split {split!r}",
+            exts=(".json",),
+        )
 
     def load(self, split: str = "dev", data: str | None = None, limit: int | None = None) -> list[Example]:
         ver = "2.0" if self.v2 else "1.1"
@@ -93,8 +97,10 @@ class SQuAD(Task):
             raise SrlmError(f"{path}: expected the SQuAD JSON layout {{'data': [{{'paragraphs': [{{'qas': ...}}]}}]}}")
         version = str(obj.get("version", ""))
         if version and version.lstrip("v") != ver:
-            raise SrlmError(f"{path}: this is SQuAD version {version}; use task "
-                            f"{'squad2' if version.lstrip('v').startswith('2') else 'squad'}")
+            raise SrlmError(
+                f"{path}: this is SQuAD version {version}; use task "
+                f"{'squad2' if version.lstrip('v').startswith('2') else 'squad'}"
+            )
         out = []
         for ai, article in enumerate(obj["data"]):
             for pi, para in enumerate(article.get("paragraphs", [])):
@@ -107,16 +113,20 @@ class SQuAD(Task):
                     impossible = bool(qa.get("is_impossible", False)) or (self.v2 and not answers)
                     if not self.v2 and not answers:
                         raise SrlmError(f"{where}: no answers; unanswerable questions are SQuAD v2.0: use task squad2")
-                    out.append(Example(
-                        id=str(qa["id"]), prompt=f"{context.strip()}\n\nQuestion: {qa['question'].strip()}",
-                        answer="" if impossible else answers[0],
-                        meta={"answers": answers, "is_impossible": impossible, "title": article.get("title", "")}))
+                    out.append(
+                        Example(
+                            id=str(qa["id"]),
+                            prompt=f"{context.strip()}\n\nQuestion: {qa['question'].strip()}",
+                            answer="" if impossible else answers[0],
+                            meta={"answers": answers, "is_impossible": impossible, "title": article.get("title", "")},
+                        )
+                    )
                     if limit is not None and len(out) >= limit:
                         return out
         return out
 
     def _instruction(self) -> str:
-        extra = " If the passage does not contain the answer, answer \"unanswerable\"." if self.v2 else ""
+        extra = ' If the passage does not contain the answer, answer "unanswerable".' if self.v2 else ""
         return f"Answer the question with a short span copied from the passage.{extra}"
 
     def format_prompt(self, example: Example, shots: list[Example] | None = None) -> str:
@@ -129,8 +139,10 @@ class SQuAD(Task):
     def chat_messages(self, example: Example, shots: list[Example] | None = None) -> list[dict[str, str]]:
         msgs = []
         for s in shots or []:
-            msgs += [{"role": "user", "content": f"{self._instruction()}\n\nPassage: {s.prompt}"},
-                     {"role": "assistant", "content": s.answer or "unanswerable"}]
+            msgs += [
+                {"role": "user", "content": f"{self._instruction()}\n\nPassage: {s.prompt}"},
+                {"role": "assistant", "content": s.answer or "unanswerable"},
+            ]
         msgs.append({"role": "user", "content": f"{self._instruction()}\n\nPassage: {example.prompt}"})
         return msgs
 
@@ -167,9 +179,11 @@ class SQuAD(Task):
 
     def protocol(self):
         script = "v2.0" if self.v2 else "v1.1"
-        metrics = {"exact_match": f"the official SQuAD {script} evaluate script's exact match (normalised: lower "
-                                  "case, no punctuation or articles), best over the gold answers",
-                   "f1": f"the official {script} script's token F1, best over the gold answers"}
+        metrics = {
+            "exact_match": f"the official SQuAD {script} evaluate script's exact match (normalised: lower "
+            "case, no punctuation or articles), best over the gold answers",
+            "f1": f"the official {script} script's token F1, best over the gold answers",
+        }
         if self.v2:
             metrics["HasAns_exact"] = "the same on answerable questions (HasAns_f1, and NoAns_* on unanswerable ones)"
         return {"metrics": metrics, "references": {"SQuAD evaluate script": script}}

@@ -30,7 +30,7 @@ def matthews_corrcoef(y_true, y_pred) -> float:
     if not t.size:
         return 0.0
     labels, idx = np.unique(np.concatenate([t, p]), return_inverse=True)
-    ti, pi = idx[: t.size], idx[t.size:]
+    ti, pi = idx[: t.size], idx[t.size :]
     k = len(labels)
     c = np.bincount(ti * k + pi, minlength=k * k).reshape(k, k).astype(np.float64)
     t_sum, p_sum = c.sum(axis=1), c.sum(axis=0)

@@ -50,7 +50,7 @@ class Example:
 SAMPLERS = {
     "first": "the first k examples of the train split",
     "lm-eval": "lm-evaluation-harness's default sampler: random.Random(1234).sample(train split, k) for each "
-               "evaluated example in order",
+    "evaluated example in order",
     "fixed": "the template's own exemplars, the first k of them",
 }
 
@@ -87,8 +87,11 @@ class Prompt:
             raise ValueError(f"prompt {self.name}: {self.shots} shots but {len(self.exemplars)} exemplars")
 
 
-DEFAULT_PROMPT = Prompt("default", "the task's own format: 'Question: ...\nAnswer:' as text, the question as the "
-                        "user turn as chat; shots from the train split")
+DEFAULT_PROMPT = Prompt(
+    "default",
+    "the task's own format: 'Question: ...\nAnswer:' as text, the question as the "
+    "user turn as chat; shots from the train split",
+)
 
 
 class Task:
@@ -135,8 +138,10 @@ class Task:
 
     def protocol(self) -> dict[str, Any]:
         """What the metrics mean: {"metrics": {name: definition}, "references": {implementation: version}}."""
-        return {"metrics": {"accuracy": "fraction of examples whose extracted answer the task's verifier accepts"},
-                "references": {}}
+        return {
+            "metrics": {"accuracy": "fraction of examples whose extracted answer the task's verifier accepts"},
+            "references": {},
+        }
 
     def format_prompt(self, example: Example, shots: list[Example] | None = None) -> str:
         """Plain-text prompt (with few-shot examples prepended when given)."""

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from random import Random
 from typing import Any, Protocol, runtime_checkable
 
-
 from srlm.data.tasks import Example, Task
 from srlm.errors import SrlmError
 from srlm.eval.metrics import majority_vote, pass_at_k
@@ -50,8 +49,9 @@ from srlm.eval.metrics import majority_vote, pass_at_k
 
 @runtime_checkable
 class Backend(Protocol):
-    def generate(self, prompts: list[str | list[dict]], n: int, max_new_tokens: int, temperature: float,
-                 stop: list[str] | None) -> list[list[str]]: ...
+    def generate(
+        self, prompts: list[str | list[dict]], n: int, max_new_tokens: int, temperature: float, stop: list[str] | None
+    ) -> list[list[str]]: ...
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]: ...
 
@@ -64,16 +64,22 @@ LM_EVAL_FEWSHOT_SEED = 1234
 class Setup:
     """How a task is prompted and scored: everything `evaluate` decides before it runs."""
 
-    task: Task              # a copy with its prompt template chosen
-    chat: bool              # prompts go through the model's chat template
+    task: Task  # a copy with its prompt template chosen
+    chat: bool  # prompts go through the model's chat template
     shots: int
     stop: list[str] | None
     max_new_tokens: int
-    loglik: bool            # scored by log-likelihood of the choices, not by generation
+    loglik: bool  # scored by log-likelihood of the choices, not by generation
 
 
-def setup(task: Task, prompt: str | None = None, chat: bool = False, shots: int | None = None,
-          max_new_tokens: int | None = None, scoring: str = "auto") -> Setup:
+def setup(
+    task: Task,
+    prompt: str | None = None,
+    chat: bool = False,
+    shots: int | None = None,
+    max_new_tokens: int | None = None,
+    scoring: str = "auto",
+) -> Setup:
     """Resolve the prompt template, chat, shots, stop strings and generation length (see the module docstring)."""
     if scoring not in ("auto", "generate", "loglik"):
         raise SrlmError(f"scoring must be auto, generate or loglik, got {scoring!r}")
@@ -87,15 +93,23 @@ def setup(task: Task, prompt: str | None = None, chat: bool = False, shots: int 
     if shots < 0:
         raise SrlmError(f"shots must be 0 or more, got {shots}")
     if spec.sampler == "fixed" and shots > len(spec.exemplars):
-        raise SrlmError(f"task {task.name}: prompt {spec.name} has {len(spec.exemplars)} exemplars; "
-                        f"ask for at most {len(spec.exemplars)} shots")
+        raise SrlmError(
+            f"task {task.name}: prompt {spec.name} has {len(spec.exemplars)} exemplars; "
+            f"ask for at most {len(spec.exemplars)} shots"
+        )
     use_loglik = (task.kind == "loglik") if scoring == "auto" else scoring == "loglik"
     if chat:
         stop = list(spec.stop) if spec.chat is False and spec.stop else None
     else:
         stop = list(spec.stop) if spec.stop else list(task.stop)
-    return Setup(task=task, chat=chat, shots=shots, stop=stop, loglik=use_loglik,
-                 max_new_tokens=max_new_tokens or spec.max_new_tokens or task.max_new_tokens)
+    return Setup(
+        task=task,
+        chat=chat,
+        shots=shots,
+        stop=stop,
+        loglik=use_loglik,
+        max_new_tokens=max_new_tokens or spec.max_new_tokens or task.max_new_tokens,
+    )
 
 
 def select_shots(st: Setup, examples: list[Example], pool: list[Example] | None) -> list[list[Example]]:
@@ -111,15 +125,17 @@ def select_shots(st: Setup, examples: list[Example], pool: list[Example] | None)
     if spec.sampler == "fixed":
         return [list(spec.exemplars[:k]) for _ in examples]
     if pool is None:
-        raise SrlmError(f"task {name}: {k}-shot prompts draw their examples from the train split, and none was "
-                        "given; give train data, or ask for 0 shots")
+        raise SrlmError(
+            f"task {name}: {k}-shot prompts draw their examples from the train split, and none was "
+            "given; give train data, or ask for 0 shots"
+        )
     if len(pool) < k:
         raise SrlmError(f"task {name}: {k}-shot prompts need at least {k} train examples, got {len(pool)}")
     if spec.sampler == "lm-eval":
         rnd = Random(LM_EVAL_FEWSHOT_SEED)
         return [[pool[i] for i in rnd.sample(range(len(pool)), k)] for _ in examples]
     # by content, not id: a train file's and a test file's positional ids ("0", "1", ...) coincide
-    return [[s for s in pool[:k + 1] if s is not ex and s.prompt != ex.prompt][:k] for ex in examples]
+    return [[s for s in pool[: k + 1] if s is not ex and s.prompt != ex.prompt][:k] for ex in examples]
 
 
 def _ks(n: int) -> list[int]:
@@ -140,10 +156,21 @@ def render(st: Setup, example: Example, shots: list[Example]) -> str | list[dict
     return task.chat_messages(example, shots)
 
 
-def evaluate(task: Task, examples: list[Example], backend: Backend, shots: int | None = None, chat: bool = False,
-             samples: int = 1, batch_size: int = 8, max_new_tokens: int | None = None, temperature: float = 0.0,
-             scoring: str = "auto", shot_pool: list[Example] | None = None, prompt: str | None = None,
-             progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate(
+    task: Task,
+    examples: list[Example],
+    backend: Backend,
+    shots: int | None = None,
+    chat: bool = False,
+    samples: int = 1,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    scoring: str = "auto",
+    shot_pool: list[Example] | None = None,
+    prompt: str | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate `task` on `examples` with `backend`; returns (metrics, records). See the module docstring."""
     if samples < 1 or batch_size < 1:
         raise SrlmError(f"samples and batch size must be at least 1 (got {samples}, {batch_size})")
@@ -152,8 +179,10 @@ def evaluate(task: Task, examples: list[Example], backend: Backend, shots: int |
     if st.loglik and any(not ex.choices for ex in examples):
         raise SrlmError(f"task {task.name}: log-likelihood scoring needs examples with choices; use scoring='generate'")
     if st.loglik and st.chat:
-        raise SrlmError(f"task {task.name}: chat prompts are for generation; score log-likelihood tasks with plain "
-                        "prompts (drop --chat) or use --scoring generate")
+        raise SrlmError(
+            f"task {task.name}: chat prompts are for generation; score log-likelihood tasks with plain "
+            "prompts (drop --chat) or use --scoring generate"
+        )
     if st.loglik and samples > 1:
         raise SrlmError(f"task {task.name}: --samples > 1 needs generation; log-likelihood scoring is deterministic")
     all_shots = select_shots(st, examples, shot_pool)
@@ -164,13 +193,14 @@ def evaluate(task: Task, examples: list[Example], backend: Backend, shots: int |
     bar = Progress(len(examples), desc=task.name, unit="ex", enabled=progress, every=max(1, len(examples) // 4))
     try:
         for start in range(0, len(examples), batch_size):
-            batch = examples[start:start + batch_size]
-            prompts = [render(st, ex, sh) for ex, sh in zip(batch, all_shots[start:start + batch_size])]
+            batch = examples[start : start + batch_size]
+            prompts = [render(st, ex, sh) for ex, sh in zip(batch, all_shots[start : start + batch_size])]
             if st.loglik:
                 records += _score_loglik(task, batch, prompts, backend)
             else:
-                records += _score_generate(task, batch, prompts, backend, samples, st.max_new_tokens, temperature,
-                                           st.stop)
+                records += _score_generate(
+                    task, batch, prompts, backend, samples, st.max_new_tokens, temperature, st.stop
+                )
             bar.update(len(batch))
     finally:
         bar.close()
@@ -184,11 +214,21 @@ def _score_loglik(task, batch, prompts, backend) -> list[dict]:
         raise ValueError(f"backend.loglikelihood returned {len(scores)} scores for {len(requests)} requests")
     out, i = [], 0
     for p, ex in zip(prompts, batch):
-        ll = [float(s) for s in scores[i:i + len(ex.choices)]]
+        ll = [float(s) for s in scores[i : i + len(ex.choices)]]
         i += len(ex.choices)
         pred = task.choose(ex, ll)
-        out.append({"id": ex.id, "prompt": p, "logliks": ll, "output": pred, "extracted": pred, "gold": ex.answer,
-                    "correct": bool(task.is_correct(pred, ex)), "meta": ex.meta})
+        out.append(
+            {
+                "id": ex.id,
+                "prompt": p,
+                "logliks": ll,
+                "output": pred,
+                "extracted": pred,
+                "gold": ex.answer,
+                "correct": bool(task.is_correct(pred, ex)),
+                "meta": ex.meta,
+            }
+        )
     return out
 
 
@@ -200,12 +240,24 @@ def _score_generate(task, batch, prompts, backend, samples, max_new, temperature
     for p, ex, texts in zip(prompts, batch, outs):
         extracted = [task.extract(t) for t in texts]
         correct = [bool(task.is_correct(x, ex)) for x in extracted]
-        r = {"id": ex.id, "prompt": p, "output": texts[0], "extracted": extracted[0], "gold": ex.answer,
-             "correct": correct[0], "meta": ex.meta}
+        r = {
+            "id": ex.id,
+            "prompt": p,
+            "output": texts[0],
+            "extracted": extracted[0],
+            "gold": ex.answer,
+            "correct": correct[0],
+            "meta": ex.meta,
+        }
         if samples > 1:
             maj = majority_vote(extracted, key=task.answer_key)
-            r.update(outputs=list(texts), extracted_all=extracted, correct_all=correct, majority=maj,
-                     majority_correct=bool(task.is_correct(maj, ex)) if maj is not None else False)
+            r.update(
+                outputs=list(texts),
+                extracted_all=extracted,
+                correct_all=correct,
+                majority=maj,
+                majority_correct=bool(task.is_correct(maj, ex)) if maj is not None else False,
+            )
         recs.append(r)
     return recs
 

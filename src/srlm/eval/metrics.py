@@ -27,8 +27,23 @@ from srlm.data.answers import majority_vote  # noqa: F401  (one of the metrics t
 from srlm.data.squad import exact_match, f1_v1, f1_v2, normalize_answer, score_one
 from srlm.data.stats import accuracy, f1_binary, matthews_corrcoef, pearson, rankdata, spearman
 
-__all__ = ["accuracy", "f1_binary", "matthews_corrcoef", "pearson", "spearman", "rankdata", "normalize_answer",
-           "exact_match", "f1_v1", "f1_v2", "score_one", "pass_at_k", "majority_vote", "glue_score", "GLUE_METRICS"]
+__all__ = [
+    "accuracy",
+    "f1_binary",
+    "matthews_corrcoef",
+    "pearson",
+    "spearman",
+    "rankdata",
+    "normalize_answer",
+    "exact_match",
+    "f1_v1",
+    "f1_v2",
+    "score_one",
+    "pass_at_k",
+    "majority_vote",
+    "glue_score",
+    "GLUE_METRICS",
+]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -42,9 +57,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 #: task -> the metrics the GLUE benchmark averages for it
 GLUE_METRICS: dict[str, tuple[str, ...]] = {
-    "glue-cola": ("mcc",), "glue-sst2": ("accuracy",), "glue-mrpc": ("f1", "accuracy"),
-    "glue-qqp": ("f1", "accuracy"), "glue-stsb": ("pearson", "spearman"), "glue-mnli": ("accuracy",),
-    "glue-mnli-mm": ("accuracy",), "glue-qnli": ("accuracy",), "glue-rte": ("accuracy",), "glue-wnli": ("accuracy",),
+    "glue-cola": ("mcc",),
+    "glue-sst2": ("accuracy",),
+    "glue-mrpc": ("f1", "accuracy"),
+    "glue-qqp": ("f1", "accuracy"),
+    "glue-stsb": ("pearson", "spearman"),
+    "glue-mnli": ("accuracy",),
+    "glue-mnli-mm": ("accuracy",),
+    "glue-qnli": ("accuracy",),
+    "glue-rte": ("accuracy",),
+    "glue-wnli": ("accuracy",),
 }
 
 

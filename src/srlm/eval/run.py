@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import os
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +76,7 @@ class Result:
 
 # ---------------------------------------------------------------- files, JSON, tables
 
+
 def file_info(path: Path) -> dict[str, Any]:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -123,8 +124,9 @@ def write_results(out: Path, results: dict, records: list[dict] | None) -> Path 
         rec_path = None
         if records is not None:
             rec_path = out.with_suffix(".jsonl")
-            write_text_atomic(rec_path, "".join(json.dumps(clean_json(r), ensure_ascii=False, default=str) + "\n"
-                                                for r in records))
+            write_text_atomic(
+                rec_path, "".join(json.dumps(clean_json(r), ensure_ascii=False, default=str) + "\n" for r in records)
+            )
         write_text_atomic(out, json.dumps(clean_json(results), indent=2, ensure_ascii=False) + "\n")
     except OSError as e:
         raise SrlmError(f"cannot write {out} ({e.strerror}); the metrics are printed above") from None
@@ -159,19 +161,30 @@ def card_line(card: dict[str, Any]) -> str:
         gen = "log-likelihood of the choices"
     else:
         t = g["temperature"]
-        gen = (("greedy" if t == 0 else f"T={t:g} seed {g['seed']}") + f", {g['samples']} sample(s), "
-               f"max {g['max_new_tokens']} new tokens")
+        gen = (
+            "greedy" if t == 0 else f"T={t:g} seed {g['seed']}"
+        ) + f", {g['samples']} sample(s), max {g['max_new_tokens']} new tokens"
     versions = ", ".join(f"{k} {v}" for k, v in card["versions"].items())
-    return (f"protocol {card['task']}: {data} | {prompt}, {shots}, "
-            f"{'chat template' if card['chat_template'] else 'no chat template'} | {gen} | "
-            f"metrics {', '.join(card['metrics'])} | {versions} | {card['wall_time_s']:.1f} s")
+    return (
+        f"protocol {card['task']}: {data} | {prompt}, {shots}, "
+        f"{'chat template' if card['chat_template'] else 'no chat template'} | {gen} | "
+        f"metrics {', '.join(card['metrics'])} | {versions} | {card['wall_time_s']:.1f} s"
+    )
 
 
 # ---------------------------------------------------------------- the model
 
-def make_backend(checkpoint: str | Path, device: str | None = None, dtype: str | None = None,
-                 quantize: str | None = None, seed: int = 0, allow_nonfinite: bool = False,
-                 revision: str | None = None, engine: str = "srlm"):
+
+def make_backend(
+    checkpoint: str | Path,
+    device: str | None = None,
+    dtype: str | None = None,
+    quantize: str | None = None,
+    seed: int = 0,
+    allow_nonfinite: bool = False,
+    revision: str | None = None,
+    engine: str = "srlm",
+):
     """The model behind the harness's Backend protocol; the only place eval touches the model.
     `engine` "srlm" runs it in srlm's engine (weights holding NaN/Inf refused unless `allow_nonfinite`);
     "llama.cpp" runs a .gguf in llama.cpp (srlm.infer.llama_cpp.LlamaCppBackend)."""
@@ -193,13 +206,15 @@ def make_backend(checkpoint: str | Path, device: str | None = None, dtype: str |
         raise
     from srlm.model.checkpoint import check_finite
 
-    backend = EngineBackend.from_checkpoint(str(checkpoint), device=device, dtype=dtype, quantize=quantize, seed=seed,
-                                            revision=revision)
+    backend = EngineBackend.from_checkpoint(
+        str(checkpoint), device=device, dtype=dtype, quantize=quantize, seed=seed, revision=revision
+    )
     check_finite(backend.engine.model, checkpoint, allow=allow_nonfinite)
     return backend
 
 
 # ---------------------------------------------------------------- tasks and their data
+
 
 def expand_tasks(spec: str | list[str], data: str | None, task_data: dict[str, str], split: str | None) -> list[str]:
     """Task names from "a,b" or a list; "glue" becomes every GLUE task whose files are in its data
@@ -219,7 +234,9 @@ def expand_tasks(spec: str | list[str], data: str | None, task_data: dict[str, s
                 raise SrlmError("--task glue needs --data GLUE_FOLDER (with CoLA/, SST-2/, ... inside)")
             found = available_glue_tasks(folder, split or "dev")
             if not found:
-                raise SrlmError(f"{folder}: no GLUE task files found (expected folders like CoLA/, SST-2/ with dev.tsv)")
+                raise SrlmError(
+                    f"{folder}: no GLUE task files found (expected folders like CoLA/, SST-2/ with dev.tsv)"
+                )
             for n in found:
                 task_data.setdefault(n, folder)
             names += found
@@ -238,8 +255,9 @@ def _source(task: Task, split: str, data: str | None) -> Path | None:
         return None
 
 
-def _train_pool(st: Setup, split: str, data: str | None, shot_data: str | None,
-                evaluated: Path | None) -> tuple[list[Example] | None, dict[str, Any]]:
+def _train_pool(
+    st: Setup, split: str, data: str | None, shot_data: str | None, evaluated: Path | None
+) -> tuple[list[Example] | None, dict[str, Any]]:
     """The examples few-shot prompts draw from, and where they came from (see the module docstring)."""
     task, k, spec = st.task, st.shots, st.task.prompt
     info: dict[str, Any] = {"n": k}
@@ -255,30 +273,41 @@ def _train_pool(st: Setup, split: str, data: str | None, shot_data: str | None,
     what = f"task {task.name}: {k}-shot prompts take their examples from the train split"
     if shot_data is None:
         if split == "train":
-            raise SrlmError(f"{what}, which is the split being evaluated; evaluate another split, give other train "
-                            "data with --shot-data, or use --shots 0")
+            raise SrlmError(
+                f"{what}, which is the split being evaluated; evaluate another split, give other train "
+                "data with --shot-data, or use --shots 0"
+            )
         if data is not None and Path(data).is_file():
-            raise SrlmError(f"{what}, but --data {data} is one file, the evaluated {split} split; give the folder "
-                            f"that holds the train and {split} files, or the train file with --shot-data, "
-                            "or use --shots 0")
+            raise SrlmError(
+                f"{what}, but --data {data} is one file, the evaluated {split} split; give the folder "
+                f"that holds the train and {split} files, or the train file with --shot-data, "
+                "or use --shots 0"
+            )
         try:
             train = task.source("train", data)
         except NotImplementedError:
-            raise SrlmError(f"{what}; this task cannot tell which file of {data} that is; give it with "
-                            "--shot-data") from None
+            raise SrlmError(
+                f"{what}; this task cannot tell which file of {data} that is; give it with --shot-data"
+            ) from None
         except SrlmError as e:
             raise SrlmError(f"{what}, and none was found: {e}") from None
         if train is not None and "train" not in train.name.lower():
-            raise SrlmError(f"{what}; {train} is the only candidate in {data} and its name does not say train; "
-                            "give the train file with --shot-data, or use --shots 0")
+            raise SrlmError(
+                f"{what}; {train} is the only candidate in {data} and its name does not say train; "
+                "give the train file with --shot-data, or use --shots 0"
+            )
         source_data = data
     else:
         train = _source(task, "train", shot_data)
         source_data = shot_data
-    if train is not None and evaluated is not None and (
-            train.resolve() == evaluated.resolve() or file_info(train)["sha256"] == file_info(evaluated)["sha256"]):
-        raise SrlmError(f"{what}, but {train} is the evaluated file; give a different train file with --shot-data, "
-                        "or use --shots 0")
+    if (
+        train is not None
+        and evaluated is not None
+        and (train.resolve() == evaluated.resolve() or file_info(train)["sha256"] == file_info(evaluated)["sha256"])
+    ):
+        raise SrlmError(
+            f"{what}, but {train} is the evaluated file; give a different train file with --shot-data, or use --shots 0"
+        )
     # the "first" sampler reads only what it uses (generated train splits are large); the others need them all
     limit = k + 1 if spec.sampler == "first" and train is None else None
     pool = task.load(split="train", data=source_data, limit=limit)
@@ -299,8 +328,18 @@ class _Planned:
     card: dict[str, Any]
 
 
-def _plan(name: str, data: str | None, split: str | None, limit: int | None, prompt: str | None, chat: bool,
-          shots: int | None, shot_data: str | None, max_new_tokens: int | None, scoring: str) -> _Planned:
+def _plan(
+    name: str,
+    data: str | None,
+    split: str | None,
+    limit: int | None,
+    prompt: str | None,
+    chat: bool,
+    shots: int | None,
+    shot_data: str | None,
+    max_new_tokens: int | None,
+    scoring: str,
+) -> _Planned:
     task = get_task(name)
     split = split or task.default_split
     st = setup(task, prompt=prompt, chat=chat, shots=shots, max_new_tokens=max_new_tokens, scoring=scoring)
@@ -317,22 +356,49 @@ def _plan(name: str, data: str | None, split: str | None, limit: int | None, pro
     pool, shots_card = _train_pool(st, split, data, shot_data, source)
     spec = st.task.prompt
     protocol = st.task.protocol()
-    card = {"task": name, "split": split, "data": data_card,
-            "prompt": {"name": spec.name, "description": spec.description, "reference": spec.reference or None},
-            "chat_template": st.chat, "shots": shots_card, "metrics": protocol["metrics"],
-            "references": protocol["references"]}
+    card = {
+        "task": name,
+        "split": split,
+        "data": data_card,
+        "prompt": {"name": spec.name, "description": spec.description, "reference": spec.reference or None},
+        "chat_template": st.chat,
+        "shots": shots_card,
+        "metrics": protocol["metrics"],
+        "references": protocol["references"],
+    }
     return _Planned(name, st, split, examples, pool, card)
 
 
 # ---------------------------------------------------------------- the entry point
 
-def evaluate(checkpoint: str | Path | None, task: str | list[str], data: str | None = None, *,
-             task_data: Mapping[str, str] | None = None, split: str | None = None, limit: int | None = None,
-             prompt: str | None = None, shots: int | None = None, shot_data: str | None = None, chat: bool = False,
-             samples: int = 1, temperature: float | None = None, max_new_tokens: int | None = None,
-             batch_size: int = 8, scoring: str = "auto", seed: int = 0, device: str | None = None,
-             dtype: str | None = None, quantize: str | None = None, backend=None, progress: bool = True,
-             allow_nonfinite: bool = False, revision: str | None = None, engine: str = "srlm") -> Result:
+
+def evaluate(
+    checkpoint: str | Path | None,
+    task: str | list[str],
+    data: str | None = None,
+    *,
+    task_data: Mapping[str, str] | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    prompt: str | None = None,
+    shots: int | None = None,
+    shot_data: str | None = None,
+    chat: bool = False,
+    samples: int = 1,
+    temperature: float | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    scoring: str = "auto",
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    quantize: str | None = None,
+    backend=None,
+    progress: bool = True,
+    allow_nonfinite: bool = False,
+    revision: str | None = None,
+    engine: str = "srlm",
+) -> Result:
     """Evaluate `checkpoint` on `task` and return metrics, records and protocol cards.
 
     task:        a name, "a,b", or a list; "glue" = every GLUE task found in its data.
@@ -356,13 +422,23 @@ def evaluate(checkpoint: str | Path | None, task: str | list[str], data: str | N
         temperature = 0.8 if samples > 1 else 0.0
     task_data = dict(task_data or {})
     names = expand_tasks(task, data, task_data, split)
-    planned = [_plan(n, task_data.get(n, data), split, limit, prompt, chat, shots, shot_data, max_new_tokens, scoring)
-               for n in names]
+    planned = [
+        _plan(n, task_data.get(n, data), split, limit, prompt, chat, shots, shot_data, max_new_tokens, scoring)
+        for n in names
+    ]
     if backend is None:
         if checkpoint is None:
             raise SrlmError("evaluate: give a checkpoint folder, or a backend")
-        backend = make_backend(checkpoint, device=device, dtype=dtype, quantize=quantize, seed=seed,
-                               allow_nonfinite=allow_nonfinite, revision=revision, engine=engine)
+        backend = make_backend(
+            checkpoint,
+            device=device,
+            dtype=dtype,
+            quantize=quantize,
+            seed=seed,
+            allow_nonfinite=allow_nonfinite,
+            revision=revision,
+            engine=engine,
+        )
 
     from srlm import __version__
     from srlm.eval.harness import evaluate as run_harness
@@ -371,16 +447,40 @@ def evaluate(checkpoint: str | Path | None, task: str | list[str], data: str | N
     result = Result(tasks={}, protocol={})
     for p in planned:
         t1 = time.perf_counter()
-        metrics, records = run_harness(p.st.task, p.examples, backend, shots=p.st.shots, chat=p.st.chat,
-                                       samples=samples, batch_size=batch_size, max_new_tokens=p.st.max_new_tokens,
-                                       temperature=temperature, scoring=scoring, shot_pool=p.pool, progress=progress)
+        metrics, records = run_harness(
+            p.st.task,
+            p.examples,
+            backend,
+            shots=p.st.shots,
+            chat=p.st.chat,
+            samples=samples,
+            batch_size=batch_size,
+            max_new_tokens=p.st.max_new_tokens,
+            temperature=temperature,
+            scoring=scoring,
+            shot_pool=p.pool,
+            progress=progress,
+        )
         card = p.card
-        card["generation"] = ({"scoring": "loglik"} if p.st.loglik else
-                              {"scoring": "generate", "temperature": temperature, "samples": samples,
-                               "max_new_tokens": p.st.max_new_tokens, "stop": p.st.stop, "seed": seed})
+        card["generation"] = (
+            {"scoring": "loglik"}
+            if p.st.loglik
+            else {
+                "scoring": "generate",
+                "temperature": temperature,
+                "samples": samples,
+                "max_new_tokens": p.st.max_new_tokens,
+                "stop": p.st.stop,
+                "seed": seed,
+            }
+        )
         card["versions"] = {"srlm": __version__, **card.pop("references")}
-        card["model"] = {"path": None if checkpoint is None else str(checkpoint), "device": device, "dtype": dtype,
-                         "quantize": quantize}
+        card["model"] = {
+            "path": None if checkpoint is None else str(checkpoint),
+            "device": device,
+            "dtype": dtype,
+            "quantize": quantize,
+        }
         card["wall_time_s"] = round(time.perf_counter() - t1, 3)
         result.tasks[p.name] = metrics
         result.protocol[p.name] = card

@@ -34,7 +34,7 @@ OUTPUT_FIELDS = ("output", "completion", "response", "generated_text", "text")
 def read_squad_predictions(path: Path) -> dict[str, Any]:
     preds = read_json(path)
     if not isinstance(preds, dict):
-        raise SrlmError(f"{path}: expected the official SQuAD predictions JSON {{\"question id\": \"answer\"}}")
+        raise SrlmError(f'{path}: expected the official SQuAD predictions JSON {{"question id": "answer"}}')
     for k, v in preds.items():
         if not isinstance(v, str):
             raise SrlmError(f"{path}: prediction for id {k!r} is {type(v).__name__}, expected a string")
@@ -55,8 +55,10 @@ def glue_label(task: Task, value: str, where: str) -> str:
         return task.choices[low.index(s.lower())]
     if s.isdigit() and int(s) < len(task.choices):
         return task.choices[int(s)]
-    raise SrlmError(f"{where}: prediction {s!r} is not a label of {task.name} "
-                    f"({', '.join(task.labels)}; or {', '.join(task.choices)}; or an index)")
+    raise SrlmError(
+        f"{where}: prediction {s!r} is not a label of {task.name} "
+        f"({', '.join(task.labels)}; or {', '.join(task.choices)}; or an index)"
+    )
 
 
 def read_glue_predictions(path: Path, task: Task) -> dict[str, str]:
@@ -88,12 +90,16 @@ def read_output_predictions(path: Path, examples: list[Example], task: Task | No
             raise SrlmError(f"{where}: no output text; expected a string field {' or '.join(map(repr, OUTPUT_FIELDS))}")
         if by_id:
             if "id" not in obj:
-                raise SrlmError(f"{where}: no 'id' field, but the first line has one; give ids on every line or on none")
+                raise SrlmError(
+                    f"{where}: no 'id' field, but the first line has one; give ids on every line or on none"
+                )
             key = task.canonical_id(str(obj["id"])) if task is not None else str(obj["id"])
         else:
             if i >= len(examples):
-                raise SrlmError(f"{path}: {len(rows)} predictions for {len(examples)} examples, matched by position "
-                                "(add an 'id' field to match by id)")
+                raise SrlmError(
+                    f"{path}: {len(rows)} predictions for {len(examples)} examples, matched by position "
+                    "(add an 'id' field to match by id)"
+                )
             key = examples[i].id
         if key in preds:
             raise SrlmError(f"{where}: id {key!r} predicted twice")
@@ -101,8 +107,9 @@ def read_output_predictions(path: Path, examples: list[Example], task: Task | No
     return preds
 
 
-def score(task: Task, examples: list[Example], predictions: str | Path,
-          allow_missing: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def score(
+    task: Task, examples: list[Example], predictions: str | Path, allow_missing: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(metrics, records) for a predictions file against loaded gold `examples`."""
     path = Path(predictions)
     if not path.is_file():
@@ -117,13 +124,19 @@ def score(task: Task, examples: list[Example], predictions: str | Path,
     ids = {ex.id for ex in examples}
     unknown = [k for k in preds if k not in ids]
     if unknown:
-        expected = f" (expected ids like {examples[0].id!r}" + (f" ... {examples[-1].id!r})" if len(examples) > 1 else ")")
-        raise SrlmError(f"{path}: {len(unknown)} prediction(s) for ids not in the data, e.g. {', '.join(unknown[:5])}"
-                        f"{expected if examples else ''}; are the predictions for this split and file?")
+        expected = f" (expected ids like {examples[0].id!r}" + (
+            f" ... {examples[-1].id!r})" if len(examples) > 1 else ")"
+        )
+        raise SrlmError(
+            f"{path}: {len(unknown)} prediction(s) for ids not in the data, e.g. {', '.join(unknown[:5])}"
+            f"{expected if examples else ''}; are the predictions for this split and file?"
+        )
     missing = [ex.id for ex in examples if ex.id not in preds]
     if missing and not allow_missing:
-        raise SrlmError(f"{path}: no prediction for {len(missing)} of {len(examples)} examples, e.g. "
-                        f"{', '.join(missing[:5])}; pass --allow-missing to score them as wrong")
+        raise SrlmError(
+            f"{path}: no prediction for {len(missing)} of {len(examples)} examples, e.g. "
+            f"{', '.join(missing[:5])}; pass --allow-missing to score them as wrong"
+        )
     records = []
     for ex in examples:
         if ex.id in preds:
@@ -133,8 +146,16 @@ def score(task: Task, examples: list[Example], predictions: str | Path,
         else:
             out = extracted = None
             correct = False
-        records.append({"id": ex.id, "output": out or "", "extracted": extracted, "gold": ex.answer,
-                        "correct": correct, "meta": ex.meta})
+        records.append(
+            {
+                "id": ex.id,
+                "output": out or "",
+                "extracted": extracted,
+                "gold": ex.answer,
+                "correct": correct,
+                "meta": ex.meta,
+            }
+        )
     metrics = dict(task.metrics(records))
     metrics["missing"] = len(missing)
     return metrics, records

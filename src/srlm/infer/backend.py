@@ -22,28 +22,48 @@ class EngineBackend:
         self.seed = seed
 
     @classmethod
-    def from_checkpoint(cls, path, device=None, dtype=None, quantize: str | None = None, seed: int | None = 0,
-                        revision: str | None = None):
+    def from_checkpoint(
+        cls,
+        path,
+        device=None,
+        dtype=None,
+        quantize: str | None = None,
+        seed: int | None = 0,
+        revision: str | None = None,
+    ):
         from srlm.infer.quant import load_for_inference
 
-        model, tokenizer = load_for_inference(path, dtype=dtype, device=device or "cpu", quantize=quantize,
-                                              revision=revision)
+        model, tokenizer = load_for_inference(
+            path, dtype=dtype, device=device or "cpu", quantize=quantize, revision=revision
+        )
         return cls(Engine(model, tokenizer), seed=seed)
 
-    def generate(self, prompts: list[str | list[dict]], n: int = 1, max_new_tokens: int = 256,
-                 temperature: float = 0.0, stop: list[str] | None = None) -> list[list[str]]:
+    def generate(
+        self,
+        prompts: list[str | list[dict]],
+        n: int = 1,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+    ) -> list[list[str]]:
         if not prompts:
             return []
-        out = self.engine.generate_text(list(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                                        stop_strings=list(stop) if stop else None, seed=self.seed)
+        out = self.engine.generate_text(
+            list(prompts),
+            n=n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            stop_strings=list(stop) if stop else None,
+            seed=self.seed,
+        )
         return [[c.text for c in group] for group in out]
 
     def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         tok = self.engine.tokenizer
         ctx = tok.encode(context, add_special_tokens=True)
         whole = tok.encode(context + continuation, add_special_tokens=True)
-        if len(whole) > len(ctx) and whole[:len(ctx)] == ctx:
-            return ctx, whole[len(ctx):]
+        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+            return ctx, whole[len(ctx) :]
         return ctx, tok.encode(continuation, add_special_tokens=False)
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:

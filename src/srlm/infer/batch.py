@@ -68,8 +68,23 @@ class RowStep:
 
 
 # per-row state, kept aligned with the cache's rows
-_ROW_FIELDS = ("lens", "produced", "limit", "temperature", "top_k", "top_p", "min_p", "stops", "want_lp", "top_n",
-               "budget", "in_think", "think_count", "group", "logits")
+_ROW_FIELDS = (
+    "lens",
+    "produced",
+    "limit",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "stops",
+    "want_lp",
+    "top_n",
+    "budget",
+    "in_think",
+    "think_count",
+    "group",
+    "logits",
+)
 
 
 class DecodeBatch:
@@ -81,8 +96,10 @@ class DecodeBatch:
         self.vocab_size = engine.vocab_size
         self.max_len = engine.max_context if max_len is None else int(max_len)
         if not 2 <= self.max_len <= engine.max_context:
-            raise SrlmError(f"max_len={max_len}: must be between 2 and the model's context "
-                            f"(max_position_embeddings = {engine.max_context})")
+            raise SrlmError(
+                f"max_len={max_len}: must be between 2 and the model's context "
+                f"(max_position_embeddings = {engine.max_context})"
+            )
         self.keys: list[int] = []
         self.cache: KVCache | None = None
         self._next_key = 0
@@ -118,6 +135,7 @@ class DecodeBatch:
         self.keys = []
         self.cache = None
         self._generators.clear()
+
         def long():
             return torch.zeros(0, dtype=torch.long, device=dev)
 
@@ -141,8 +159,10 @@ class DecodeBatch:
         if bad is not None:
             raise SrlmError(f"{where}: token id {bad} is outside the model's vocabulary [0, {self.vocab_size})")
         if len(prompt) >= self.max_len:
-            raise SrlmError(f"{where}: the prompt has {len(prompt)} tokens; at most {self.max_len - 1} fit "
-                            f"(max_len {self.max_len}) with room for one new token")
+            raise SrlmError(
+                f"{where}: the prompt has {len(prompt)} tokens; at most {self.max_len - 1} fit "
+                f"(max_len {self.max_len}) with room for one new token"
+            )
         if not isinstance(r.n, int) or r.n < 1:
             raise SrlmError(f"{where}: n={r.n!r} must be a positive integer")
         if not isinstance(r.max_new_tokens, int) or r.max_new_tokens < 1:
@@ -154,8 +174,10 @@ class DecodeBatch:
             if not isinstance(r.thinking_budget, int) or r.thinking_budget < 0:
                 raise SrlmError(f"{where}: thinking_budget={r.thinking_budget!r} must be a non-negative integer")
             if self.engine.think_ids is None:
-                raise SrlmError("thinking_budget needs a tokenizer with single-token <think> and </think>; "
-                                "this checkpoint's tokenizer has none")
+                raise SrlmError(
+                    "thinking_budget needs a tokenizer with single-token <think> and </think>; "
+                    "this checkpoint's tokenizer has none"
+                )
         return prompt
 
     def _in_thought(self, prompt: list[int]) -> bool:
@@ -186,8 +208,8 @@ class DecodeBatch:
         ids = torch.full((B, P), pad, dtype=torch.long, device=dev)
         mask = torch.ones(B, P, dtype=torch.bool, device=dev)
         for i, p in enumerate(prompts):
-            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long, device=dev)
-            mask[i, :P - len(p)] = False
+            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long, device=dev)
+            mask[i, : P - len(p)] = False
         fresh = KVCache.for_model(model, B, P, dtype=self.engine.cache_dtype, device=dev)
         if min(lens) != P:
             pos_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -244,9 +266,9 @@ class DecodeBatch:
         width = max([self.stops.shape[1]] + [len(s) for s in stop_lists])
         stops = torch.full((len(stop_lists), width), -1, dtype=torch.long, device=dev)
         for i, s in enumerate(stop_lists):
-            stops[i, :len(s)] = torch.tensor(s, dtype=torch.long, device=dev)
+            stops[i, : len(s)] = torch.tensor(s, dtype=torch.long, device=dev)
         old = torch.full((len(self.keys), width), -1, dtype=torch.long, device=dev)
-        old[:, :self.stops.shape[1]] = self.stops
+        old[:, : self.stops.shape[1]] = self.stops
         self.stops = torch.cat([old, stops])
         self.logits = torch.cat([self.logits, logits[rows].float()])
         self.keys = self.keys + [k for ks in keys for k in ks]
@@ -274,8 +296,9 @@ class DecodeBatch:
         gone = set(keys)
         if not gone & set(self.keys):
             return
-        self._keep(torch.tensor([i for i, k in enumerate(self.keys) if k not in gone], dtype=torch.long,
-                                device=self.device))
+        self._keep(
+            torch.tensor([i for i, k in enumerate(self.keys) if k not in gone], dtype=torch.long, device=self.device)
+        )
 
     # ------------------------------------------------------------------ one step
     def _noise(self) -> torch.Tensor | None:
@@ -295,13 +318,23 @@ class DecodeBatch:
         force = None
         if self._budgets:  # thoughts are only followed while some row has a budget (rows join with their state)
             force = self.in_think & (self.budget >= 0) & (self.think_count >= self.budget)
-        tok, lp, top = sample_rows(self.logits, self.temperature, self.top_k, self.top_p, self.min_p, self._noise(),
-                                   force=force, force_token=think[1] if think else 0,
-                                   want_logprobs=self._want_lp, top_logprobs=self._top_n)
+        tok, lp, top = sample_rows(
+            self.logits,
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.min_p,
+            self._noise(),
+            force=force,
+            force_token=think[1] if think else 0,
+            want_logprobs=self._want_lp,
+            top_logprobs=self._top_n,
+        )
         if self._budgets:
             is_start, is_end = tok == think[0], tok == think[1]
-            self.think_count = torch.where(is_start, 0, torch.where(self.in_think & ~is_end, self.think_count + 1,
-                                                                      self.think_count))
+            self.think_count = torch.where(
+                is_start, 0, torch.where(self.in_think & ~is_end, self.think_count + 1, self.think_count)
+            )
             self.in_think = (self.in_think | is_start) & ~is_end
         self.produced += 1
         hit = (tok[:, None] == self.stops).any(dim=1) if self.stops.shape[1] else torch.zeros_like(self.want_lp)
@@ -318,7 +351,7 @@ class DecodeBatch:
             finish = ("stop" if hits[i] else "length") if dones[i] else None
             row_top = None
             if tops is not None and counts[i]:
-                row_top = list(zip(tops[0][i][:counts[i]], tops[1][i][:counts[i]]))
+                row_top = list(zip(tops[0][i][: counts[i]], tops[1][i][: counts[i]]))
             out.append(RowStep(key, toks[i], lps[i] if lps is not None and wants[i] else None, row_top, finish))
         if any(dones):
             keep = (~done).nonzero().squeeze(1)
@@ -342,11 +375,14 @@ class DecodeBatch:
         if bool((start > 0).any()):
             slots = torch.arange(t + 1, device=self.device)
             bias = torch.zeros(len(self.keys), t + 1, device=self.device).masked_fill_(
-                slots[None, :] < start[:, None], float("-inf"))
+                slots[None, :] < start[:, None], float("-inf")
+            )
         if self._fused is not None:
             logits = self._fused.step(tok, self.lens, cache, bias)
         else:
             mask = bias == 0 if bias is not None else None
-            logits = self.model(tok[:, None], position_ids=self.lens[:, None], attention_mask=mask, kv_cache=cache)[:, -1]
+            logits = self.model(tok[:, None], position_ids=self.lens[:, None], attention_mask=mask, kv_cache=cache)[
+                :, -1
+            ]
         self.lens = self.lens + 1
         self.logits = logits.float()

@@ -54,8 +54,9 @@ class _Proj:
     `row_scale` (per output feature) into its rows; unfused layers get them applied around the call.
     """
 
-    def __init__(self, mods: list[nn.Module], col_scale: torch.Tensor | None = None,
-                 row_scale: torch.Tensor | None = None):
+    def __init__(
+        self, mods: list[nn.Module], col_scale: torch.Tensor | None = None, row_scale: torch.Tensor | None = None
+    ):
         plain = [_plain_weight(m) for m in mods]
         self.mods, self.col_scale, self.row_scale = mods, col_scale, row_scale
         # bf16 on a CPU without native bf16: many-row matmuls in fp32, as the layers themselves do
@@ -75,8 +76,11 @@ class _Proj:
                 b = torch.cat([p[1] if p[1] is not None else w.new_zeros(m.out_features) for p, m in zip(plain, mods)])
                 self.bias = (b * row_scale.to(b.dtype) if row_scale is not None else b).detach()
         self.q8 = None
-        if self.weight is None and all(isinstance(m, Int8Linear) and m.fast for m in mods) \
-                and len({m.compute_dtype for m in mods}) == 1:
+        if (
+            self.weight is None
+            and all(isinstance(m, Int8Linear) and m.fast for m in mods)
+            and len({m.compute_dtype for m in mods}) == 1
+        ):
             # int8 layers fuse too: per-output-channel scales concatenate, and absorb row_scale
             cd = mods[0].compute_dtype
             sc = torch.cat([m.scales.float() for m in mods])
@@ -108,7 +112,11 @@ class _Proj:
 
     def add_into(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """x + self(inp), one addmm when fused (2-D x and inp)."""
-        if self.weight is not None and self.bias is None and (self.linear is F.linear or inp.shape[0] < UPCAST_MIN_ROWS):
+        if (
+            self.weight is not None
+            and self.bias is None
+            and (self.linear is F.linear or inp.shape[0] < UPCAST_MIN_ROWS)
+        ):
             return torch.addmm(x, inp, self.weight.t() if self.weight_t is None else self.weight_t)
         return x + self(inp)
 
@@ -161,16 +169,23 @@ class FusedDecoder:
     @classmethod
     def supported(cls, model) -> bool:
         inner = getattr(model, "model", None)
-        if not (inner is not None and hasattr(inner, "layers") and isinstance(getattr(inner, "embed_tokens", None), nn.Embedding)
-                and all(type(p) in (nn.Parameter, torch.Tensor) for p in model.parameters())):
+        if not (
+            inner is not None
+            and hasattr(inner, "layers")
+            and isinstance(getattr(inner, "embed_tokens", None), nn.Embedding)
+            and all(type(p) in (nn.Parameter, torch.Tensor) for p in model.parameters())
+        ):
             return False
         refused = cls.unsupported_traits(model.config)
         if refused:
             key = (model.config.model_type, tuple(refused))
             if key not in cls._warned:
                 cls._warned.add(key)
-                warnings.warn(f"the fused decode step does not implement {', '.join(refused)} "
-                              f"({model.config.model_type}); decoding through the model's own forward", stacklevel=2)
+                warnings.warn(
+                    f"the fused decode step does not implement {', '.join(refused)} "
+                    f"({model.config.model_type}); decoding through the model's own forward",
+                    stacklevel=2,
+                )
             return False
         return True
 
@@ -210,24 +225,30 @@ class FusedDecoder:
             if a.q_norm is not None:
                 # q/k RMSNorm over the head dimension: one norm over q and k heads, weights per head row;
                 # 1/sqrt(d) goes into q's norm weight (a norm would undo it if folded before)
-                qk_norm = (torch.cat([(gain(a.q_norm) * scale).expand(self.n_heads, d),
-                                      gain(a.k_norm).expand(self.n_kv, d)]) * math.sqrt(d)).to(self.dtype)
+                qk_norm = (
+                    torch.cat([(gain(a.q_norm) * scale).expand(self.n_heads, d), gain(a.k_norm).expand(self.n_kv, d)])
+                    * math.sqrt(d)
+                ).to(self.dtype)
             else:
                 n_q = a.q_proj.out_features
                 qkv_rows = torch.ones(n_q + a.k_proj.out_features + a.v_proj.out_features, device=dev)
                 qkv_rows[:n_q] = scale
-            self.layers.append(dict(
-                qkv=_Proj([a.q_proj, a.k_proj, a.v_proj], gain(layer.input_layernorm) * root, qkv_rows),
-                qk_norm=qk_norm,
-                o=_Proj([a.o_proj]),
-                gate_up=_Proj([mlp.gate_proj, mlp.up_proj], gain(layer.post_attention_layernorm) * root),
-                down=_Proj([mlp.down_proj]),
-            ))
+            self.layers.append(
+                dict(
+                    qkv=_Proj([a.q_proj, a.k_proj, a.v_proj], gain(layer.input_layernorm) * root, qkv_rows),
+                    qk_norm=qk_norm,
+                    o=_Proj([a.o_proj]),
+                    gate_up=_Proj([mlp.gate_proj, mlp.up_proj], gain(layer.post_attention_layernorm) * root),
+                    down=_Proj([mlp.down_proj]),
+                )
+            )
         self.head = _Proj([m.lm_head], gain(inner.norm) * root)
         projs = [self.head] + [L[k] for L in self.layers for k in ("qkv", "o", "gate_up", "down")]
-        if (dev.type == "cpu" and all(p.weight is not None and p.weight.dtype == torch.float32 and p.linear is F.linear
-                                      for p in projs)
-                and sum(p.weight.numel() * 4 for p in projs) <= TRANSPOSE_MAX_BYTES):
+        if (
+            dev.type == "cpu"
+            and all(p.weight is not None and p.weight.dtype == torch.float32 and p.linear is F.linear for p in projs)
+            and sum(p.weight.numel() * 4 for p in projs) <= TRANSPOSE_MAX_BYTES
+        ):
             for p in projs:
                 p.keep_transposed()
 
@@ -303,8 +324,15 @@ class FusedDecoder:
         return self.head(self._rms(x, ch))
 
 
-def decode_step(model, tok: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+def decode_step(
+    model,
+    tok: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    mask: torch.Tensor,
+    slot: torch.Tensor,
+) -> torch.Tensor:
     """tok, pos (rows,); caches (layers, rows, kv, L, d); mask (rows, L) True = attend (slot included);
     slot: 1-element long tensor, the cache index written. Returns next-token logits (rows, vocab)."""
     inner = model.model

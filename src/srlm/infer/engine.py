@@ -67,7 +67,7 @@ class _TextStops:
                 out.append(False)
                 continue
             text = self.texts[r] = self.texts[r] + delta
-            tail = text[-(self.longest + len(delta)):]
+            tail = text[-(self.longest + len(delta)) :]
             hit = any(s in tail for s in self.stop_strings)
             if not hit and self.condition is not None:
                 hit = bool(self.condition(text))
@@ -138,8 +138,9 @@ class Engine:
             if isinstance(p, torch.Tensor):
                 p = p.tolist()
             if isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
-                raise SrlmError(f"prompt {i} is a {type(p).__name__}, expected a list of token ids "
-                                f"(use generate_text for strings)")
+                raise SrlmError(
+                    f"prompt {i} is a {type(p).__name__}, expected a list of token ids (use generate_text for strings)"
+                )
             if len(p) == 0:
                 raise SrlmError(f"prompt {i} is empty: give at least one token (e.g. the BOS token)")
             p = [int(t) for t in p]
@@ -147,8 +148,10 @@ class Engine:
                 bad = next(t for t in p if t < 0 or t >= self.vocab_size)
                 raise SrlmError(f"prompt {i} has token id {bad}, outside the model's vocabulary [0, {self.vocab_size})")
             if len(p) >= self.max_context:
-                raise SrlmError(f"prompt {i} has {len(p)} tokens; the model's context (max_position_embeddings) is "
-                                f"{self.max_context}: shorten the prompt to leave room for new tokens")
+                raise SrlmError(
+                    f"prompt {i} has {len(p)} tokens; the model's context (max_position_embeddings) is "
+                    f"{self.max_context}: shorten the prompt to leave room for new tokens"
+                )
             out.append(p)
         return out
 
@@ -163,8 +166,20 @@ class Engine:
         return state
 
     # ------------------------------------------------------------------ core loop
-    def _steps(self, prompts, n, max_new_tokens, params: SamplingParams, seed, stop_ids, return_logprobs,
-               thinking_budget, text_stops, state: dict, emit: bool = False) -> Iterator:
+    def _steps(
+        self,
+        prompts,
+        n,
+        max_new_tokens,
+        params: SamplingParams,
+        seed,
+        stop_ids,
+        return_logprobs,
+        thinking_budget,
+        text_stops,
+        state: dict,
+        emit: bool = False,
+    ) -> Iterator:
         """Generator over decode steps; with `emit`, yields (row ids, their new tokens, stopped-now flags)
         for the rows live at the start of the step.
 
@@ -183,8 +198,8 @@ class Engine:
         ids = torch.full((B, P), pad, dtype=torch.long, device=dev)
         mask = torch.ones(B, P + T, dtype=torch.bool, device=dev)
         for i, p in enumerate(prompts):  # once per call, not per step
-            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long, device=dev)
-            mask[i, :P - len(p)] = False
+            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long, device=dev)
+            mask[i, : P - len(p)] = False
         lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
         static = self._step is not None
         # the static step's cache length is rounded up so calls of similar lengths share one compiled graph
@@ -192,7 +207,9 @@ class Engine:
         cache = KVCache.for_model(model, B, cache_len, dtype=self.cache_dtype, device=dev)
         if padded:
             pos_ids = (mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(ids, position_ids=pos_ids, attention_mask=mask[:, :P], kv_cache=cache, logits_to_keep=1)[:, -1]
+            logits = model(ids, position_ids=pos_ids, attention_mask=mask[:, :P], kv_cache=cache, logits_to_keep=1)[
+                :, -1
+            ]
         else:
             logits = model(ids, kv_cache=cache, logits_to_keep=1)[:, -1]
 
@@ -288,7 +305,13 @@ class Engine:
             if compact:
                 keep = active.nonzero().squeeze(1)
                 cache.select(keep)
-                row_ids, tok, next_pos, limits, active = row_ids[keep], tok[keep], next_pos[keep], limits[keep], active[keep]
+                row_ids, tok, next_pos, limits, active = (
+                    row_ids[keep],
+                    tok[keep],
+                    next_pos[keep],
+                    limits[keep],
+                    active[keep],
+                )
                 if decode_mask is not None:
                     decode_mask = decode_mask[keep]
                 if seen is not None:
@@ -298,7 +321,7 @@ class Engine:
             if fused is not None:
                 logits = fused.step(tok, next_pos, cache, decode_mask)
             else:
-                am = decode_mask[:, :P + t + 1] if decode_mask is not None else None
+                am = decode_mask[:, : P + t + 1] if decode_mask is not None else None
                 logits = model(tok[:, None], position_ids=next_pos[:, None], attention_mask=am, kv_cache=cache)[:, -1]
             next_pos += 1
 
@@ -324,24 +347,34 @@ class Engine:
             if not isinstance(thinking_budget, int) or thinking_budget < 0:
                 raise SrlmError(f"thinking_budget={thinking_budget!r} must be a non-negative integer")
             if self.think_ids is None:
-                raise SrlmError("thinking_budget needs a tokenizer with single-token <think> and </think>; "
-                                "this checkpoint's tokenizer has none")
+                raise SrlmError(
+                    "thinking_budget needs a tokenizer with single-token <think> and </think>; "
+                    "this checkpoint's tokenizer has none"
+                )
         if (stop_strings or stop_condition is not None) and self.tokenizer is None:
             raise SrlmError("stop strings and stop conditions work on text: create the Engine with a tokenizer")
         if isinstance(stop_strings, str):
             raise SrlmError("stop_strings must be a list of strings, e.g. ['\\n\\n'], not one string")
         if stop_strings and any(not s for s in stop_strings):
-            raise SrlmError("stop_strings: an empty stop string matches at once, so every completion would be "
-                            "empty; remove it")
+            raise SrlmError(
+                "stop_strings: an empty stop string matches at once, so every completion would be empty; remove it"
+            )
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams | None = None, n: int = 1,
-                 seed: int | None = None, stop_token_ids: Sequence[int] | None = None,
-                 stop_strings: Sequence[str] | None = None, return_logprobs: bool = False,
-                 thinking_budget: int | None = None,
-                 stop_condition: Callable[[str], bool] | str | re.Pattern | None = None,
-                 **overrides) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingParams | None = None,
+        n: int = 1,
+        seed: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        stop_strings: Sequence[str] | None = None,
+        return_logprobs: bool = False,
+        thinking_budget: int | None = None,
+        stop_condition: Callable[[str], bool] | str | re.Pattern | None = None,
+        **overrides,
+    ) -> list[list[Completion]]:
         """`n` completions for each prompt (token-id lists); returns one list of `Completion` per prompt.
 
         sampling: how to draw (`SamplingParams`: temperature, top-k/p, min-p, repetition penalty,
@@ -362,8 +395,9 @@ class Engine:
             tails = [p[-5:] for p in prompts for _ in range(n)]
             text_stops = _TextStops(self.tokenizer, len(tails), tails, stop_strings, stop_condition)
         state: dict = {}
-        for _ in self._steps(prompts, n, max_new_tokens, params, seed, stop_ids, return_logprobs, thinking_budget,
-                             text_stops, state):
+        for _ in self._steps(
+            prompts, n, max_new_tokens, params, seed, stop_ids, return_logprobs, thinking_budget, text_stops, state
+        ):
             pass
         return self._collect(prompts, n, state, stop_ids, stop_strings)
 
@@ -378,7 +412,7 @@ class Engine:
             group = []
             for j in range(n):
                 r = b * n + j
-                ids = tokens[r][:lengths[r]]
+                ids = tokens[r][: lengths[r]]
                 text = None
                 if self.tokenizer is not None:
                     body = ids[:-1] if ids and stopped[r] and ids[-1] in stop_set else ids
@@ -387,8 +421,14 @@ class Engine:
                         cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
                         if cut >= 0:
                             text = text[:cut]
-                group.append(Completion(ids, text, "stop" if stopped[r] else "length",
-                                        logps[r][:lengths[r]] if logps is not None else None))
+                group.append(
+                    Completion(
+                        ids,
+                        text,
+                        "stop" if stopped[r] else "length",
+                        logps[r][: lengths[r]] if logps is not None else None,
+                    )
+                )
             out.append(group)
         return out
 
@@ -405,7 +445,9 @@ class Engine:
             raise SrlmError("the prompt is empty: give some text")
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
-    def generate_text(self, prompts: list[str | list[dict]], chat: bool | None = None, **kwargs) -> list[list[Completion]]:
+    def generate_text(
+        self, prompts: list[str | list[dict]], chat: bool | None = None, **kwargs
+    ) -> list[list[Completion]]:
         """`generate` on strings or chat-message lists; `chat=True` wraps plain strings as one user turn."""
         if isinstance(prompts, str):
             raise SrlmError("generate_text takes a list of prompts: wrap a single prompt in [ ]")
@@ -413,11 +455,19 @@ class Engine:
         return self.generate(ids, **kwargs)
 
     @torch.inference_mode()
-    def stream(self, prompt: list[int] | str | list[dict], sampling: SamplingParams | None = None,
-               seed: int | None = None, stop_token_ids: Sequence[int] | None = None,
-               stop_strings: Sequence[str] | None = None, thinking_budget: int | None = None,
-               stop_condition=None, chat: bool | None = None, skip_special_tokens: bool = False,
-               **overrides) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: list[int] | str | list[dict],
+        sampling: SamplingParams | None = None,
+        seed: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        stop_strings: Sequence[str] | None = None,
+        thinking_budget: int | None = None,
+        stop_condition=None,
+        chat: bool | None = None,
+        skip_special_tokens: bool = False,
+        **overrides,
+    ) -> Iterator[str]:
         """Text deltas of one completion as they are generated; "".join(...) is the completion's text.
 
         The final stop id is not shown; a stop string ends the stream before it (text held back
@@ -443,8 +493,9 @@ class Engine:
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""  # text not yet shown because it may begin a stop string
         state: dict = {}
-        steps = self._steps(prompts, 1, max_new_tokens, params, seed, stop_ids, False, thinking_budget, text_stops,
-                            state, emit=True)
+        steps = self._steps(
+            prompts, 1, max_new_tokens, params, seed, stop_ids, False, thinking_budget, text_stops, state, emit=True
+        )
         for _, toks, stopped_now in steps:
             tok = toks[0]
             if stopped_now[0] and tok in stop_set:
@@ -457,8 +508,8 @@ class Engine:
                         yield pending[:cut]
                     return
                 if len(pending) > hold:
-                    yield pending[:len(pending) - hold]
-                    pending = pending[len(pending) - hold:]
+                    yield pending[: len(pending) - hold]
+                    pending = pending[len(pending) - hold :]
             elif pending:
                 yield pending
                 pending = ""
@@ -470,7 +521,9 @@ class Engine:
             yield pending
 
     @torch.inference_mode()
-    def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_tokens: int = 8192) -> list[float]:
+    def loglikelihood(
+        self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_tokens: int = 8192
+    ) -> list[float]:
         """Sum of log p(continuation | context) for each (context ids, continuation ids) pair.
 
         Sequences are sorted by length and batched up to `batch_tokens`; right padding needs no
@@ -480,8 +533,10 @@ class Engine:
         for i, (ctx, cont) in enumerate(pairs):
             ctx, cont = [int(t) for t in ctx], [int(t) for t in cont]
             if not ctx:
-                raise SrlmError(f"pair {i}: the context is empty; the first continuation token needs a context "
-                                f"(prepend the BOS token)")
+                raise SrlmError(
+                    f"pair {i}: the context is empty; the first continuation token needs a context "
+                    f"(prepend the BOS token)"
+                )
             if not cont:
                 raise SrlmError(f"pair {i}: the continuation is empty")
             seq = ctx + cont
@@ -498,12 +553,12 @@ class Engine:
         while start < len(items):
             width = len(items[start][1]) - 1
             count = max(1, batch_tokens // max(width, 1))
-            chunk = items[start:start + count]
+            chunk = items[start : start + count]
             start += len(chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long, device=self.device)
             rows, cols, targets = [], [], []
             for r, (_, seq, nctx) in enumerate(chunk):
-                ids[r, :len(seq) - 1] = torch.tensor(seq[:-1], device=self.device)
+                ids[r, : len(seq) - 1] = torch.tensor(seq[:-1], device=self.device)
                 for pos in range(nctx - 1, len(seq) - 1):
                     rows.append(r)
                     cols.append(pos)

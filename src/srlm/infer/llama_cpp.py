@@ -41,8 +41,9 @@ class LlamaCppBackend:
 
     def _open(self, logits_all: bool):
         kw = {"n_threads": self.threads} if self.threads else {}
-        return _llama_class()(str(self.path), n_ctx=self.n_ctx, logits_all=logits_all, seed=self.seed, verbose=False,
-                              **kw)
+        return _llama_class()(
+            str(self.path), n_ctx=self.n_ctx, logits_all=logits_all, seed=self.seed, verbose=False, **kw
+        )
 
     def _prompt_ids(self, prompt: str | list[dict]) -> list[int]:
         if isinstance(prompt, list):
@@ -55,8 +56,15 @@ class LlamaCppBackend:
         budget = min(max_new_tokens, self.n_ctx - len(ids))
         if budget <= 0:
             raise SrlmError(f"a prompt of {len(ids)} tokens leaves no room in llama.cpp's context of {self.n_ctx}")
-        tokens = self.llm.generate(ids, temp=temperature, top_k=1 if temperature == 0 else 0, top_p=1.0, min_p=0.0,
-                                   repeat_penalty=1.0, reset=True)
+        tokens = self.llm.generate(
+            ids,
+            temp=temperature,
+            top_k=1 if temperature == 0 else 0,
+            top_p=1.0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            reset=True,
+        )
         for tok in tokens:
             out.append(tok)
             if tok in self.stop_ids:
@@ -75,8 +83,14 @@ class LlamaCppBackend:
                 text = text[:cut]
         return text
 
-    def generate(self, prompts: list[str | list[dict]], n: int = 1, max_new_tokens: int = 256,
-                 temperature: float = 0.0, stop: list[str] | None = None) -> list[list[str]]:
+    def generate(
+        self,
+        prompts: list[str | list[dict]],
+        n: int = 1,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+    ) -> list[list[str]]:
         out = []
         for p in prompts:
             ids = self._prompt_ids(p)
@@ -97,12 +111,15 @@ class LlamaCppBackend:
         for context, continuation in requests:
             ctx = self.tokenizer.encode(context, add_special_tokens=True)
             whole = self.tokenizer.encode(context + continuation, add_special_tokens=True)
-            cont = whole[len(ctx):] if whole[:len(ctx)] == ctx and len(whole) > len(ctx) else \
-                self.tokenizer.encode(continuation)
+            cont = (
+                whole[len(ctx) :]
+                if whole[: len(ctx)] == ctx and len(whole) > len(ctx)
+                else self.tokenizer.encode(continuation)
+            )
             ids = ctx + cont
             self._scorer.reset()
             self._scorer.eval(ids)
-            logits = np.asarray(self._scorer.scores[len(ctx) - 1:len(ids) - 1], dtype=np.float64)
+            logits = np.asarray(self._scorer.scores[len(ctx) - 1 : len(ids) - 1], dtype=np.float64)
             peak = logits.max(-1, keepdims=True)
             logp = logits - peak - np.log(np.exp(logits - peak).sum(-1, keepdims=True))
             out.append(float(sum(logp[i, t] for i, t in enumerate(cont))))

@@ -9,9 +9,16 @@ from srlm.errors import SrlmError
 from srlm.infer.engine import Engine
 
 
-def load_engine(path: str | Path, dtype: str | None = None, quantize: str | None = None, threads: int | None = None,
-                device: str = "cpu", require_tokenizer: bool = True, allow_nonfinite: bool = False,
-                revision: str | None = None) -> Engine:
+def load_engine(
+    path: str | Path,
+    dtype: str | None = None,
+    quantize: str | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+    require_tokenizer: bool = True,
+    allow_nonfinite: bool = False,
+    revision: str | None = None,
+) -> Engine:
     """An `Engine` over the checkpoint at `path`: a folder (config.json, *.safetensors, tokenizer.json), a
     .gguf file, or a Hugging Face Hub id (at `revision`).
 
@@ -32,6 +39,7 @@ def load_engine(path: str | Path, dtype: str | None = None, quantize: str | None
     model, tokenizer = load_for_inference(path, dtype=dtype, device=device, quantize=quantize, revision=revision)
     check_finite(model, path, allow=allow_nonfinite)
     if tokenizer is None and require_tokenizer:
-        raise SrlmError(f"{path}: no tokenizer.json, so text prompts cannot be encoded; "
-                        f"save the checkpoint with its tokenizer")
+        raise SrlmError(
+            f"{path}: no tokenizer.json, so text prompts cannot be encoded; save the checkpoint with its tokenizer"
+        )
     return Engine(model, tokenizer)

@@ -89,7 +89,8 @@ class Int8Linear(nn.Module):
         return self.weight.float() * self.scales.float()[:, None]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8, kernel={'int8pack' if self.fast else 'dequant'}"
+        kernel = "int8pack" if self.fast else "dequant"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8, kernel={kernel}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,8 +140,11 @@ class Int4Linear(nn.Module):
     def dequantized(self) -> torch.Tensor:
         """The weight (out, in) the kernel computes with (through the kernel itself: x = I)."""
         eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.weight.device)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight, self.group_size,
-                                                          self.scales_and_zeros).float().t()
+        return (
+            torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight, self.group_size, self.scales_and_zeros)
+            .float()
+            .t()
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4, group_size={self.group_size}"
@@ -181,8 +185,9 @@ def upcast_slow_bf16(model: nn.Module) -> int:
     return n
 
 
-def quantize_model(model: nn.Module, mode: str = "int8", include_lm_head: bool = True,
-                   compute_dtype: torch.dtype | None = None) -> nn.Module:
+def quantize_model(
+    model: nn.Module, mode: str = "int8", include_lm_head: bool = True, compute_dtype: torch.dtype | None = None
+) -> nn.Module:
     """Replace every nn.Linear of `model` in place (lm_head too unless `include_lm_head=False`).
 
     A tied lm_head gets its own int8 copy; the embedding keeps its floating-point table.
@@ -191,11 +196,16 @@ def quantize_model(model: nn.Module, mode: str = "int8", include_lm_head: bool =
         raise SrlmError(f"--quantize {mode!r} is not supported; choose one of: {', '.join(QUANT_MODES)}")
     p = next(model.parameters())
     if mode == "int4" and not (p.device.type == "cpu" and _int4_kernel_available()):
-        raise SrlmError("--quantize int4 needs torch's CPU int4 kernel (_weight_int4pack_mm_for_cpu), which this "
-                        f"torch {torch.__version__} on {p.device.type} lacks; use --quantize int8")
+        raise SrlmError(
+            "--quantize int4 needs torch's CPU int4 kernel (_weight_int4pack_mm_for_cpu), which this "
+            f"torch {torch.__version__} on {p.device.type} lacks; use --quantize int8"
+        )
     compute_dtype = compute_dtype or (torch.bfloat16 if p.dtype == torch.float32 else p.dtype)
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)
-               and (include_lm_head or not name.endswith("lm_head"))]
+    targets = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and (include_lm_head or not name.endswith("lm_head"))
+    ]
     for name, lin in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -207,7 +217,8 @@ def quantize_model(model: nn.Module, mode: str = "int8", include_lm_head: bool =
 
 
 def load_for_inference(path, dtype=None, device="cpu", quantize: str | None = None, revision: str | None = None):
-    """`srlm.load` (a folder, .gguf file or Hub id) plus optional quantization: (model, tokenizer). int8 runs activations in bf16 by default;
+    """`srlm.load` (a folder, .gguf file or Hub id) plus optional quantization: (model, tokenizer).
+    int8 runs activations in bf16 by default;
     unquantized bf16 models on CPUs without fast bf16 get UpcastLinear layers."""
     from srlm.model.checkpoint import load
 

@@ -30,9 +30,14 @@ class Vote:
     answers: list[str | None]
 
 
-def self_consistency(engine: Engine, prompt: str | list[dict] | list[int], k: int = 8,
-                     extract: Callable[[str], str | None] | None = None, temperature: float = 0.7,
-                     **generate_kwargs) -> Vote:
+def self_consistency(
+    engine: Engine,
+    prompt: str | list[dict] | list[int],
+    k: int = 8,
+    extract: Callable[[str], str | None] | None = None,
+    temperature: float = 0.7,
+    **generate_kwargs,
+) -> Vote:
     """Sample `k` completions of one prompt (sharing one prefill) and vote over their answers."""
     if engine.tokenizer is None:
         raise SrlmError("self-consistency extracts answers from text: create the Engine with a tokenizer")

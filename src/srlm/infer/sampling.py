@@ -43,7 +43,11 @@ class SamplingParams:
         def bad(name, msg):
             raise SrlmError(f"sampling parameter {name}={getattr(self, name)!r} {msg}")
 
-        if not isinstance(self.temperature, (int, float)) or self.temperature != self.temperature or self.temperature < 0:
+        if (
+            not isinstance(self.temperature, (int, float))
+            or self.temperature != self.temperature
+            or self.temperature < 0
+        ):
             bad("temperature", "must be >= 0 (0 = greedy)")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
             bad("top_k", "must be a non-negative integer (0 or None = off)")
@@ -95,9 +99,14 @@ def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
-           seen: torch.Tensor | None = None, want_logprobs: bool = False,
-           force: tuple[torch.Tensor, int] | None = None):
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    seen: torch.Tensor | None = None,
+    want_logprobs: bool = False,
+    force: tuple[torch.Tensor, int] | None = None,
+):
     """(rows, vocab) logits -> (token ids (rows,), logprobs (rows,) float32 or None).
 
     `force=(rows_mask, token)` replaces the draw by `token` where `rows_mask` is set (the
@@ -146,9 +155,18 @@ def truncate_rows(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
     return logits
 
 
-def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                min_p: torch.Tensor, noise: torch.Tensor | None, force: torch.Tensor | None = None,
-                force_token: int = 0, want_logprobs: bool = False, top_logprobs: int = 0):
+def sample_rows(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    noise: torch.Tensor | None,
+    force: torch.Tensor | None = None,
+    force_token: int = 0,
+    want_logprobs: bool = False,
+    top_logprobs: int = 0,
+):
     """`sample` with one setting per row: (rows, vocab) logits -> (tokens, logprobs or None, top or None).
 
     temperature (rows,) float (0 = greedy for that row); top_k (rows,) long; top_p, min_p (rows,) float.

@@ -28,8 +28,14 @@ def _partial_suffix(text: str, markers: Sequence[str]) -> int:
 
 
 class TextStream:
-    def __init__(self, tokenizer, prompt_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
-                 skip_special_tokens: bool = True, incremental: bool = True):
+    def __init__(
+        self,
+        tokenizer,
+        prompt_ids: Sequence[int] = (),
+        stop_strings: Sequence[str] = (),
+        skip_special_tokens: bool = True,
+        incremental: bool = True,
+    ):
         """`incremental=False` (no stop strings then): nobody reads the text before the end, so the ids are
         only collected, and `finish` decodes them at once (the same text, without a decode per token)."""
         self.stops = [s for s in stop_strings if s]
@@ -59,7 +65,7 @@ class TextStream:
             return ""
         if not self.incremental:  # as the stream decoder does: the prompt's tail gives the first token its spacing
             prefix = self.tokenizer.decode(self.tail, skip_special_tokens=self.skip)
-            return self.tokenizer.decode(self.tail + self.ids, skip_special_tokens=self.skip)[len(prefix):]
+            return self.tokenizer.decode(self.tail + self.ids, skip_special_tokens=self.skip)[len(prefix) :]
         self.pending += self.decoder.flush()
         return self._release(final=True)
 
@@ -71,8 +77,8 @@ class TextStream:
                 self.pending, self.stopped = "", True
                 return text[:cut]
         keep = 0 if final or not self.stops else _partial_suffix(text, self.stops)
-        self.pending = text[len(text) - keep:]
-        return text[:len(text) - keep]
+        self.pending = text[len(text) - keep :]
+        return text[: len(text) - keep]
 
 
 class ReasoningSplitter:
@@ -92,7 +98,7 @@ class ReasoningSplitter:
         if not self.began[part]:
             text = text.lstrip()
         body = text.rstrip()
-        self.held[part] = text[len(body):]
+        self.held[part] = text[len(body) :]
         if body:
             self.began[part] = True
             out[part] += body
@@ -108,10 +114,10 @@ class ReasoningSplitter:
             self._part(self.buf[:i], out)
             self.held[self.thinking] = ""  # whitespace before a marker ends the part
             self.thinking = not self.thinking
-            self.buf = self.buf[i + len(marker):]
+            self.buf = self.buf[i + len(marker) :]
         keep = _partial_suffix(self.buf, [self.end if self.thinking else self.start])
-        self._part(self.buf[:len(self.buf) - keep], out)
-        self.buf = self.buf[len(self.buf) - keep:]
+        self._part(self.buf[: len(self.buf) - keep], out)
+        self.buf = self.buf[len(self.buf) - keep :]
         return out[True], out[False]
 
     def finish(self) -> tuple[str, str]:

@@ -18,8 +18,16 @@ import torch
 
 
 class KVCache:
-    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -29,9 +37,15 @@ class KVCache:
     def for_model(cls, model, batch_size: int, max_len: int, dtype=None, device=None) -> "KVCache":
         c = model.config
         p = next(model.parameters())
-        return cls(c.effective_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim,
-                   dtype=dtype or (p.dtype if p.is_floating_point() else torch.float32),
-                   device=device or p.device)
+        return cls(
+            c.effective_layers,
+            batch_size,
+            c.num_key_value_heads,
+            max_len,
+            c.head_dim,
+            dtype=dtype or (p.dtype if p.is_floating_point() else torch.float32),
+            device=device or p.device,
+        )
 
     @property
     def max_len(self) -> int:

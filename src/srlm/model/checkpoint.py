@@ -65,9 +65,11 @@ def _weight_files(path: Path) -> list[Path]:
     if single.exists():
         return [single]
     if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-        raise SrlmError(f"{path}: only pickle weights (*.bin / *.pt) found; srlm loads safetensors only, since "
-                        f"pickles can execute code. Convert them once with transformers: "
-                        f"model.save_pretrained(dir, safe_serialization=True)")
+        raise SrlmError(
+            f"{path}: only pickle weights (*.bin / *.pt) found; srlm loads safetensors only, since "
+            f"pickles can execute code. Convert them once with transformers: "
+            f"model.save_pretrained(dir, safe_serialization=True)"
+        )
     raise SrlmError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
@@ -87,21 +89,27 @@ def _hf_to_srlm_names(config: ModelConfig, tensors: dict[str, torch.Tensor], sou
             if rep == 0:
                 out[new] = t
             elif new in out and not torch.equal(out[new], t):
-                raise SrlmError(f"{source}: config says srlm_layer_share={share} but {name} differs from the "
-                                f"block it should repeat ({new}); remove srlm_layer_share to load the layers unshared")
+                raise SrlmError(
+                    f"{source}: config says srlm_layer_share={share} but {name} differs from the "
+                    f"block it should repeat ({new}); remove srlm_layer_share to load the layers unshared"
+                )
         else:
             out[name] = t
     return out
 
 
-def from_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], source: str, dtype=None,
-                 device="cpu") -> CausalLM:
+def from_tensors(
+    config: ModelConfig, tensors: dict[str, torch.Tensor], source: str, dtype=None, device="cpu"
+) -> CausalLM:
     """A `CausalLM` of `config` holding `tensors` (HF names), every name and shape checked against the config."""
     want = torch_dtype(dtype) or _DTYPES[config.dtype]
     nonfinite = nonfinite_tensors(tensors)
     if nonfinite:
-        print(f"srlm: warning: {source}: NaN or Inf values in {len(nonfinite)} tensor(s): {_names(nonfinite)}",
-              file=sys.stderr, flush=True)
+        print(
+            f"srlm: warning: {source}: NaN or Inf values in {len(nonfinite)} tensor(s): {_names(nonfinite)}",
+            file=sys.stderr,
+            flush=True,
+        )
     tensors = _hf_to_srlm_names(config, tensors, source)
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
@@ -116,12 +124,15 @@ def from_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], source: 
         raise SrlmError(f"{source}: missing tensor(s) {', '.join(missing[:3])}{more}")
     for k, ref in expected.items():
         if tuple(tensors[k].shape) != tuple(ref.shape):
-            raise SrlmError(f"{source}: tensor {k} has shape {tuple(tensors[k].shape)}, "
-                            f"the configuration implies {tuple(ref.shape)}")
+            raise SrlmError(
+                f"{source}: tensor {k} has shape {tuple(tensors[k].shape)}, "
+                f"the configuration implies {tuple(ref.shape)}"
+            )
     unexpected = [k for k in tensors if k not in expected and not k.endswith("rotary_emb.inv_freq")]
     if unexpected:
-        raise SrlmError(f"{source}: unexpected tensor(s) {', '.join(unexpected[:3])} — does the configuration "
-                        f"match the weights?")
+        raise SrlmError(
+            f"{source}: unexpected tensor(s) {', '.join(unexpected[:3])} — does the configuration match the weights?"
+        )
     model = model.to_empty(device=device)
     model.load_state_dict({k: tensors[k].to(want) for k in expected}, strict=False, assign=True)
     if config.tie_word_embeddings:
@@ -149,8 +160,10 @@ def check_finite(model: CausalLM, path, allow: bool = False) -> None:
     if bad is None:
         bad = nonfinite_tensors(dict(model.state_dict()))
     if bad and not allow:
-        raise SrlmError(f"{path}: NaN or Inf values in tensor(s) {_names(bad)}, so every output would be garbage; "
-                        f"use an earlier checkpoint, or pass --allow-nonfinite to run it anyway")
+        raise SrlmError(
+            f"{path}: NaN or Inf values in tensor(s) {_names(bad)}, so every output would be garbage; "
+            f"use an earlier checkpoint, or pass --allow-nonfinite to run it anyway"
+        )
 
 
 def _is_gguf(path: Path) -> bool:
@@ -167,8 +180,9 @@ def load_model(path: str | Path, dtype=None, device="cpu", revision: str | None 
 
         return load_gguf(path, dtype=dtype, device=device)[0]
     if not path.is_dir():
-        raise SrlmError(f"{path}: not a checkpoint (expected a folder with config.json and *.safetensors, "
-                        f"or a .gguf file)")
+        raise SrlmError(
+            f"{path}: not a checkpoint (expected a folder with config.json and *.safetensors, or a .gguf file)"
+        )
     config = ModelConfig.from_file(path / "config.json")
     tensors: dict[str, torch.Tensor] = {}
     for f in _weight_files(path):
@@ -228,8 +242,14 @@ def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
     return out
 
 
-def save(model: CausalLM, path: str | Path, tokenizer=None, max_shard_bytes: int = 2 * 1024**3,
-         dtype=None, extra_files: dict[str, str] | None = None) -> Path:
+def save(
+    model: CausalLM,
+    path: str | Path,
+    tokenizer=None,
+    max_shard_bytes: int = 2 * 1024**3,
+    dtype=None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Write `model` (and `tokenizer`) as an HF folder at `path`, atomically (`srlm.atomic.atomic_folder`).
 
     `dtype` casts the saved weights (default: the model's own); `extra_files` maps file
@@ -237,13 +257,20 @@ def save(model: CausalLM, path: str | Path, tokenizer=None, max_shard_bytes: int
     """
     path = Path(path)
     with atomic_folder(path) as tmp:
-        write_folder(model, tmp, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes, dtype=dtype,
-                     extra_files=extra_files)
+        write_folder(
+            model, tmp, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes, dtype=dtype, extra_files=extra_files
+        )
     return path
 
 
-def write_folder(model: CausalLM, folder: Path, tokenizer=None, max_shard_bytes: int = 2 * 1024**3,
-                 dtype=None, extra_files: dict[str, str] | None = None) -> None:
+def write_folder(
+    model: CausalLM,
+    folder: Path,
+    tokenizer=None,
+    max_shard_bytes: int = 2 * 1024**3,
+    dtype=None,
+    extra_files: dict[str, str] | None = None,
+) -> None:
     """The files of `save` written into an existing (temporary) folder, not atomically by themselves."""
     config = model.config
     cast = torch_dtype(dtype)
@@ -253,10 +280,14 @@ def write_folder(model: CausalLM, folder: Path, tokenizer=None, max_shard_bytes:
     saved_dtype = str(cast or next(iter(sd.values())).dtype).replace("torch.", "")
     hf = config.replace(dtype=saved_dtype).to_hf_dict()
     (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-    gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-           "pad_token_id": config.pad_token_id}
-    (folder / "generation_config.json").write_text(json.dumps({k: v for k, v in gen.items() if v is not None},
-                                                              indent=2) + "\n")
+    gen = {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+    }
+    (folder / "generation_config.json").write_text(
+        json.dumps({k: v for k, v in gen.items() if v is not None}, indent=2) + "\n"
+    )
     _write_weights(sd, folder, max_shard_bytes)
     if tokenizer is not None:
         tokenizer.save(folder)

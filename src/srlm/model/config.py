@@ -2,7 +2,8 @@
 
 `ModelConfig` holds exactly the fields the decoder needs, under Hugging Face's
 names, for the Llama, Qwen2 and Qwen3 families; what each family computes differently
-(norm, activation, q/k norm, biases, embedding scale, rotary layout) is one row of `FAMILIES`. `from_hf_dict` accepts both
+(norm, activation, q/k norm, biases, embedding scale, rotary layout) is one row of `FAMILIES`.
+`from_hf_dict` accepts both
 layouts found in the wild: transformers-4 (`rope_theta`, `rope_scaling`) and
 transformers-5 (`rope_parameters`); `to_hf_dict` writes a config that both
 transformers generations load. Validation errors name the field and the file.
@@ -104,13 +105,25 @@ class ModelConfig:
 
         if self.model_type not in FAMILIES:
             bad("model_type", f"is {self.model_type!r}; supported: {', '.join(FAMILIES)}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "layer_share"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+            "layer_share",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 bad(name, f"must be a positive integer, got {v!r}")
         if self.num_attention_heads % self.num_key_value_heads:
-            bad("num_key_value_heads", f"({self.num_key_value_heads}) must divide num_attention_heads ({self.num_attention_heads})")
+            bad(
+                "num_key_value_heads",
+                f"({self.num_key_value_heads}) must divide num_attention_heads ({self.num_attention_heads})",
+            )
         if self.head_dim % 2:
             bad("head_dim", f"must be even for rotary embeddings, got {self.head_dim}")
         if not (self.rms_norm_eps > 0):
@@ -145,9 +158,11 @@ class ModelConfig:
         """The family's traits with the config's own choices filled in (biases, activation)."""
         t = FAMILIES[self.model_type]
         return dataclasses.replace(
-            t, activation=t.activation or self.hidden_act,
+            t,
+            activation=t.activation or self.hidden_act,
             qkv_bias=self.attention_bias if t.qkv_bias is None else t.qkv_bias,
-            o_bias=self.attention_bias if t.o_bias is None else t.o_bias)
+            o_bias=self.attention_bias if t.o_bias is None else t.o_bias,
+        )
 
     @property
     def qkv_bias(self) -> bool:
@@ -182,8 +197,10 @@ class ModelConfig:
             raise SrlmError(f"{source}: model_type {mt!r} is not supported; supported: {', '.join(FAMILIES)}")
         missing = [k for k in REQUIRED_FIELDS if k not in d]
         if missing:
-            raise SrlmError(f"{source}: required field(s) {', '.join(map(repr, missing))} missing; a model's "
-                            f"config.json states its shape (srlm does not guess it)")
+            raise SrlmError(
+                f"{source}: required field(s) {', '.join(map(repr, missing))} missing; a model's "
+                f"config.json states its shape (srlm does not guess it)"
+            )
         _check_types(cls, d, source)
         # transformers-5 layout folds theta and scaling into rope_parameters
         rope_params = d.pop("rope_parameters", None)
@@ -308,15 +325,20 @@ def _is_int(v) -> bool:
 def _check_types(cls, d: dict[str, Any], source: str) -> None:
     """Each known field of a config.json has its JSON type: `"rope_theta": "abc"` or `"tie_word_embeddings":
     "false"` is refused naming the file and field, not turned into a traceback or a silently wrong model."""
-    checks = {int: (_is_int, "an integer"), float: (_is_number, "a number"), str: (lambda v: isinstance(v, str), "a string"),
-              bool: (lambda v: isinstance(v, bool), "true or false")}
+    checks = {
+        int: (_is_int, "an integer"),
+        float: (_is_number, "a number"),
+        str: (lambda v: isinstance(v, str), "a string"),
+        bool: (lambda v: isinstance(v, bool), "true or false"),
+    }
     hints = typing.get_type_hints(cls)
     for name, value in d.items():
         if name == "eos_token_id":
             ok = value is None or _is_int(value) or (isinstance(value, list) and all(map(_is_int, value)))
             if not ok:
-                raise SrlmError(f"{source}: field 'eos_token_id' must be an integer, a list of integers or null, "
-                                f"got {value!r}")
+                raise SrlmError(
+                    f"{source}: field 'eos_token_id' must be an integer, a list of integers or null, got {value!r}"
+                )
             continue
         if name in ("rope_scaling", "rope_parameters"):
             if value is not None and not isinstance(value, dict):

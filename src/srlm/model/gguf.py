@@ -71,22 +71,32 @@ _HF_TO_GGUF_GLOBAL = {v: k for k, v in _GLOBAL_NAMES.items()}
 # default when the file has no tokenizer.ggml.add_bos_token. llama.cpp normalizes
 # nothing, so an imported tokenizer has no normalizer (Qwen2's tokenizer.json has NFC: llama.cpp, and
 # srlm reading its GGUF, differ from it only on text that is not NFC already).
-LLAMA3_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_SPLIT_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"  # noqa: E501  (verbatim)
 _PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
     "qwen2": {"steps": (("split", QWEN2_SPLIT_REGEX), ("bytelevel", False)), "ignore_merges": False},
-    "llama-bpe": {"steps": (("split", LLAMA3_SPLIT_REGEX), ("bytelevel", False)), "ignore_merges": True,
-                  "add_bos": True},
+    "llama-bpe": {
+        "steps": (("split", LLAMA3_SPLIT_REGEX), ("bytelevel", False)),
+        "ignore_merges": True,
+        "add_bos": True,
+    },
     "smollm": {"steps": (("digits", True), ("bytelevel", True)), "ignore_merges": False},
     "gpt-2": {"steps": (("bytelevel", True),), "ignore_merges": False},
 }
 # other names llama.cpp gives the same split and flags
 _PRE_ALIASES = {
-    "deepseek-r1-qwen": "qwen2", "megrez": "qwen2", "kormo": "qwen2", "f2llmv2": "qwen2",
-    "llama3": "llama-bpe", "llama-v3": "llama-bpe", "falcon3": "llama-bpe",
-    "starcoder": "smollm", "refact": "smollm", "codeshell": "smollm",
-    "phi-2": "gpt-2", "olmo": "gpt-2", "mpt": "gpt-2",
+    "deepseek-r1-qwen": "qwen2",
+    "megrez": "qwen2",
+    "kormo": "qwen2",
+    "f2llmv2": "qwen2",
+    "llama3": "llama-bpe",
+    "llama-v3": "llama-bpe",
+    "falcon3": "llama-bpe",
+    "starcoder": "smollm",
+    "refact": "smollm",
+    "codeshell": "smollm",
+    "phi-2": "gpt-2",
+    "olmo": "gpt-2",
+    "mpt": "gpt-2",
 }
 
 # GGUF token types (gguf.TokenType)
@@ -96,6 +106,7 @@ EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
 
 # ============================================================================ reading
+
 
 def _open(path: str | Path):
     from gguf import GGUFReader
@@ -148,12 +159,19 @@ def _llama3_scaling_from(factors: np.ndarray, theta: float, head_dim: int, sourc
     factor = float(factors.max())
     for old in (8192, 4096, 16384, 2048, 32768):
         for low, high in ((1.0, 4.0), (1.0, 2.0), (2.0, 4.0), (1.0, 8.0)):
-            cand = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-                    "original_max_position_embeddings": old}
+            cand = {
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": old,
+            }
             if np.allclose(_llama3_rope_factors(theta, head_dim, cand), factors, rtol=1e-4, atol=1e-5):
                 return cand
-    raise SrlmError(f"{source}: rope_freqs.weight does not match llama3 rope scaling with the usual parameters; "
-                    f"srlm cannot reproduce this file's rotary frequencies")
+    raise SrlmError(
+        f"{source}: rope_freqs.weight does not match llama3 rope scaling with the usual parameters; "
+        f"srlm cannot reproduce this file's rotary frequencies"
+    )
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -174,8 +192,9 @@ def _hf_name(name: str, source: str) -> str:
     return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
 
 
-def _config(meta: dict, tensor_types: dict[str, Any], tensor_shapes: dict[str, tuple], rope_freqs, source: str
-            ) -> ModelConfig:
+def _config(
+    meta: dict, tensor_types: dict[str, Any], tensor_shapes: dict[str, tuple], rope_freqs, source: str
+) -> ModelConfig:
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise SrlmError(f"{source}: general.architecture is {arch!r}; srlm reads {', '.join(ARCHITECTURES)}")
@@ -205,8 +224,10 @@ def _config(meta: dict, tensor_types: dict[str, Any], tensor_shapes: dict[str, t
         rope_scaling = _llama3_scaling_from(rope_freqs, theta, head_dim, source)
     rope_dims = meta.get(f"{arch}.rope.dimension_count", head_dim)
     if rope_dims != head_dim:
-        raise SrlmError(f"{source}: {arch}.rope.dimension_count is {rope_dims} but heads are {head_dim} wide; "
-                        f"srlm rotates whole heads")
+        raise SrlmError(
+            f"{source}: {arch}.rope.dimension_count is {rope_dims} but heads are {head_dim} wide; "
+            f"srlm rotates whole heads"
+        )
     vocab = int(meta.get(f"{arch}.vocab_size", tensor_shapes["token_embd.weight"][0]))
     matrices = {t for n, t in tensor_types.items() if n.endswith(".weight") and len(tensor_shapes[n]) == 2}
     dtype = {frozenset({"F16"}): "float16", frozenset({"BF16"}): "bfloat16"}.get(frozenset(matrices), "float32")
@@ -239,8 +260,9 @@ def read_header(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     meta = _metadata(reader, skip=("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"))
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     shapes = {t.name: tuple(int(x) for x in reversed(t.shape)) for t in reader.tensors}
-    rope_freqs = next((np.asarray(t.data, dtype=np.float32) for t in reader.tensors if t.name == "rope_freqs.weight"),
-                      None)
+    rope_freqs = next(
+        (np.asarray(t.data, dtype=np.float32) for t in reader.tensors if t.name == "rope_freqs.weight"), None
+    )
     return _config(meta, types, shapes, rope_freqs, str(path)), meta
 
 
@@ -259,8 +281,10 @@ def read(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokeni
         try:
             w = dequantize(t.data, t.tensor_type)
         except NotImplementedError:
-            raise SrlmError(f"{source}: tensor {t.name} is {t.tensor_type.name}, which the gguf package cannot "
-                            f"dequantize; use a file in F16, Q8_0, Q4_K_M or another common type") from None
+            raise SrlmError(
+                f"{source}: tensor {t.name} is {t.tensor_type.name}, which the gguf package cannot "
+                f"dequantize; use a file in F16, Q8_0, Q4_K_M or another common type"
+            ) from None
         w = np.asarray(w, dtype=np.float32).reshape(shapes[t.name])
         if t.name == "rope_freqs.weight":
             rope_freqs = w
@@ -272,7 +296,9 @@ def read(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokeni
         if config.model_type == "llama" and (m := _BLOCK_RE.match(name)) and m.group(2) in ("attn_q", "attn_k"):
             w = _unpermute(w, config.num_attention_heads if m.group(2) == "attn_q" else config.num_key_value_heads)
         w = np.ascontiguousarray(w)
-        tensors[_hf_name(name, source)] = torch.from_numpy(w if w.flags.writeable else w.copy())  # F32 data is a read-only map
+        tensors[_hf_name(name, source)] = torch.from_numpy(
+            w if w.flags.writeable else w.copy()
+        )  # F32 data is a read-only map
     return config, tensors, tokenizer_from_metadata(meta, source)
 
 
@@ -285,6 +311,7 @@ def load(path: str | Path, dtype=None, device="cpu"):
 
 
 # ---------------------------------------------------------------------------- tokenizer in
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (what byte-level BPE vocabularies are written in)."""
@@ -324,13 +351,17 @@ def tokenizer_from_metadata(meta: dict, source: str) -> Tokenizer:
 
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise SrlmError(f"{source}: tokenizer.ggml.model is {kind!r}; srlm rebuilds byte-level BPE ('gpt2') "
-                        f"tokenizers only (SentencePiece 'llama' vocabularies are not supported)")
+        raise SrlmError(
+            f"{source}: tokenizer.ggml.model is {kind!r}; srlm rebuilds byte-level BPE ('gpt2') "
+            f"tokenizers only (SentencePiece 'llama' vocabularies are not supported)"
+        )
     pre = meta.get("tokenizer.ggml.pre", "default")
     spec = _PRE_TOKENIZERS.get(_pre_name(pre))
     if spec is None:
-        raise SrlmError(f"{source}: tokenizer.ggml.pre is {pre!r}; srlm knows "
-                        f"{', '.join(sorted([*_PRE_TOKENIZERS, *_PRE_ALIASES]))}")
+        raise SrlmError(
+            f"{source}: tokenizer.ggml.pre is {pre!r}; srlm knows "
+            f"{', '.join(sorted([*_PRE_TOKENIZERS, *_PRE_ALIASES]))}"
+        )
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
     types: list[int] = meta.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
@@ -368,26 +399,40 @@ def tokenizer_from_metadata(meta: dict, source: str) -> Tokenizer:
     single = [f"{bos}:0"] * (add_bos and bos is not None) + ["$A:0"] + [f"{eos}:0"] * (add_eos and eos is not None)
     if len(single) > 1:
         backend.post_processor = processors.TemplateProcessing(
-            single=" ".join(single), special_tokens=[(t, backend.token_to_id(t)) for t in {bos, eos} if t])
+            single=" ".join(single), special_tokens=[(t, backend.token_to_id(t)) for t in {bos, eos} if t]
+        )
     arch = meta.get("general.architecture", "")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": bos, "eos_token": eos, "unk_token": tok_of("unknown_token_id"), "pad_token": tok_of("padding_token_id"),
-        "add_bos_token": add_bos, "add_eos_token": add_eos,
+        "bos_token": bos,
+        "eos_token": eos,
+        "unk_token": tok_of("unknown_token_id"),
+        "pad_token": tok_of("padding_token_id"),
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
         "model_max_length": int(meta.get(f"{arch}.context_length", 1_000_000)),
         "clean_up_tokenization_spaces": False,
     }
     template: str | dict[str, str] | None = meta.get("tokenizer.chat_template")
-    named = {n: meta[f"tokenizer.chat_template.{n}"] for n in meta.get("tokenizer.chat_templates", [])
-             if f"tokenizer.chat_template.{n}" in meta}
+    named = {
+        n: meta[f"tokenizer.chat_template.{n}"]
+        for n in meta.get("tokenizer.chat_templates", [])
+        if f"tokenizer.chat_template.{n}" in meta
+    }
     if named:
         template = {**({"default": template} if template else {}), **named}
-    eos_ids = [i for k in ("eos_token_id", "eot_token_id", "eom_token_id") if (i := meta.get(f"tokenizer.ggml.{k}")) is not None]
-    return Tokenizer(backend, config=config, chat_template=template, generation_eos_ids=list(dict.fromkeys(eos_ids)),
-                     source=source)
+    eos_ids = [
+        i
+        for k in ("eos_token_id", "eot_token_id", "eom_token_id")
+        if (i := meta.get(f"tokenizer.ggml.{k}")) is not None
+    ]
+    return Tokenizer(
+        backend, config=config, chat_template=template, generation_eos_ids=list(dict.fromkeys(eos_ids)), source=source
+    )
 
 
 # ============================================================================ writing
+
 
 def _flatten_pre(spec: dict | None) -> tuple | None:
     """A tokenizer.json pre_tokenizer as the step tuples of `_PRE_TOKENIZERS`, or None if it has other parts."""
@@ -397,7 +442,12 @@ def _flatten_pre(spec: dict | None) -> tuple | None:
     steps = []
     for p in items:
         t = p.get("type")
-        if t == "Split" and "Regex" in (p.get("pattern") or {}) and p.get("behavior") == "Isolated" and not p.get("invert"):
+        if (
+            t == "Split"
+            and "Regex" in (p.get("pattern") or {})
+            and p.get("behavior") == "Isolated"
+            and not p.get("invert")
+        ):
             steps.append(("split", p["pattern"]["Regex"]))
         elif t == "Digits":
             steps.append(("digits", bool(p.get("individual_digits"))))
@@ -413,8 +463,13 @@ def pre_tokenizer_name(tokenizer: Tokenizer) -> str:
     spec = json.loads(tokenizer.backend.to_str())
     model = spec.get("model") or {}
     where = f"tokenizer of {tokenizer.source}"
-    if model.get("type") != "BPE" or model.get("byte_fallback") or model.get("continuing_subword_prefix") \
-            or model.get("end_of_word_suffix") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+    if (
+        model.get("type") != "BPE"
+        or model.get("byte_fallback")
+        or model.get("continuing_subword_prefix")
+        or model.get("end_of_word_suffix")
+        or (spec.get("decoder") or {}).get("type") != "ByteLevel"
+    ):
         raise SrlmError(f"{where}: only byte-level BPE tokenizers can be written to GGUF by srlm")
     norm = spec.get("normalizer")
     if norm is not None and norm.get("type") != "NFC":
@@ -423,9 +478,11 @@ def pre_tokenizer_name(tokenizer: Tokenizer) -> str:
     for name, known in _PRE_TOKENIZERS.items():
         if known["steps"] == steps and known["ignore_merges"] == bool(model.get("ignore_merges")):
             return name
-    raise SrlmError(f"{where}: its pre-tokenizer is not one llama.cpp implements ({', '.join(_PRE_TOKENIZERS)}); "
-                    f"llama.cpp would split text differently. Train the tokenizer with `srlm tokenizer train` "
-                    f"(the qwen2 split) or start from a Qwen2/Llama 3/SmolLM model")
+    raise SrlmError(
+        f"{where}: its pre-tokenizer is not one llama.cpp implements ({', '.join(_PRE_TOKENIZERS)}); "
+        f"llama.cpp would split text differently. Train the tokenizer with `srlm tokenizer train` "
+        f"(the qwen2 split) or start from a Qwen2/Llama 3/SmolLM model"
+    )
 
 
 def tokenizer_metadata(tokenizer: Tokenizer, n_vocab: int) -> dict[str, Any]:
@@ -448,9 +505,14 @@ def tokenizer_metadata(tokenizer: Tokenizer, n_vocab: int) -> dict[str, Any]:
     probe = tokenizer.encode("a", add_special_tokens=False)
     full = tokenizer.encode("a", add_special_tokens=True)
     out = {
-        "pre": pre, "tokens": tokens, "types": types, "merges": merges,
-        "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
-        "unk": tokenizer._special_id("unk_token"), "pad": tokenizer._special_id("pad_token"),
+        "pre": pre,
+        "tokens": tokens,
+        "types": types,
+        "merges": merges,
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "unk": tokenizer._special_id("unk_token"),
+        "pad": tokenizer._special_id("pad_token"),
         "add_bos": len(full) > len(probe) and full[0] == tokenizer.bos_token_id,
         "add_eos": len(full) > len(probe) and full[-1] == tokenizer.eos_token_id,
         "chat_template": tokenizer.chat_template,
@@ -459,7 +521,8 @@ def tokenizer_metadata(tokenizer: Tokenizer, n_vocab: int) -> dict[str, Any]:
 
 
 def _quant_type(gguf_name: str, shape: tuple[int, ...], qtype):
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as Q
 
     if len(shape) == 1 or gguf_name.endswith("_norm.weight"):
         return Q.F32
@@ -494,10 +557,16 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
 
 def export(model, tokenizer: Tokenizer | None, path: str | Path, qtype: str = "f16", name: str | None = None) -> Path:
     """Write `model` (with its tokenizer) as a GGUF llama.cpp loads; atomically (a temporary file, then a rename)."""
-    from gguf import GGMLQuantizationType as Q, LlamaFileType as F
+    from gguf import GGMLQuantizationType as Q
+    from gguf import LlamaFileType as F
 
-    types = {"f32": (Q.F32, F.ALL_F32), "f16": (Q.F16, F.MOSTLY_F16), "bf16": (Q.BF16, F.MOSTLY_BF16),
-             "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0), "q4_0": (Q.Q4_0, F.MOSTLY_Q4_0)}
+    types = {
+        "f32": (Q.F32, F.ALL_F32),
+        "f16": (Q.F16, F.MOSTLY_F16),
+        "bf16": (Q.BF16, F.MOSTLY_BF16),
+        "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0),
+        "q4_0": (Q.Q4_0, F.MOSTLY_Q4_0),
+    }
     if qtype not in types:
         raise SrlmError(f"--type {qtype!r}: choose one of {', '.join(EXPORT_TYPES)}")
     qt, file_type = types[qtype]
@@ -511,8 +580,9 @@ def export(model, tokenizer: Tokenizer | None, path: str | Path, qtype: str = "f
     return write(model, tokenizer, path, encode, int(file_type), name=name)
 
 
-def write(model, tokenizer: Tokenizer | None, path: str | Path, encode, file_type: int, name: str | None = None
-          ) -> Path:
+def write(
+    model, tokenizer: Tokenizer | None, path: str | Path, encode, file_type: int, name: str | None = None
+) -> Path:
     """`export` with the tensor encoding given: `encode(gguf_name, float32 array) -> (data, GGMLQuantizationType)`
     (data as `gguf.quants.quantize` returns it). Atomic: a temporary file, then a rename."""
     import gguf
@@ -556,8 +626,12 @@ def write(model, tokenizer: Tokenizer | None, path: str | Path, encode, file_typ
         w.add_token_list(tok["tokens"])
         w.add_token_types(tok["types"])
         w.add_token_merges(tok["merges"])
-        for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
-                         ("pad", w.add_pad_token_id)):
+        for key, add in (
+            ("bos", w.add_bos_token_id),
+            ("eos", w.add_eos_token_id),
+            ("unk", w.add_unk_token_id),
+            ("pad", w.add_pad_token_id),
+        ):
             if tok[key] is not None:
                 add(int(tok[key]))
         w.add_add_bos_token(tok["add_bos"])

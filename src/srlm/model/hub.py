@@ -81,8 +81,9 @@ def resolve(ref: str | Path, revision: str | None = None, weights: bool = True) 
         return path
     ref = str(ref)
     if not is_hub_id(ref):
-        raise SrlmError(f"{ref}: not a checkpoint folder or GGUF file (no such path), "
-                        f"nor a Hugging Face Hub id (ORG/NAME)")
+        raise SrlmError(
+            f"{ref}: not a checkpoint folder or GGUF file (no such path), nor a Hugging Face Hub id (ORG/NAME)"
+        )
     if (m := _REPO_FILE.match(ref)) is not None:
         return _download_file(m.group(1), m.group(2), revision)
     return _download_snapshot(ref, revision, weights)
@@ -93,21 +94,27 @@ def _hub_error(repo: str, revision: str | None, e: Exception) -> SrlmError:
 
     at = f" at revision {revision!r}" if revision else ""
     if isinstance(e, errors.GatedRepoError):
-        return SrlmError(f"{repo} is gated: accept its licence on huggingface.co, then log in "
-                         f"(`hf auth login`) or set HF_TOKEN")
+        return SrlmError(
+            f"{repo} is gated: accept its licence on huggingface.co, then log in (`hf auth login`) or set HF_TOKEN"
+        )
     if isinstance(e, errors.RepositoryNotFoundError):
-        return SrlmError(f"{repo}: no such local path, nor a repository on the Hugging Face Hub "
-                         f"(if it is private, set HF_TOKEN)")
+        return SrlmError(
+            f"{repo}: no such local path, nor a repository on the Hugging Face Hub (if it is private, set HF_TOKEN)"
+        )
     if isinstance(e, errors.RevisionNotFoundError):
         return SrlmError(f"{repo}: no revision {revision!r} (give a branch, tag or commit that exists)")
     if isinstance(e, errors.LocalEntryNotFoundError):
         where = cache_dir()
         if _offline():
-            return SrlmError(f"{repo}{at}: no such local path, and not in the Hub cache ({where}) while "
-                             f"HF_HUB_OFFLINE is set: download it once online, or unset HF_HUB_OFFLINE")
-        return SrlmError(f"{repo}{at}: no such local path; as a Hub id, the Hugging Face Hub cannot be reached "
-                         f"and it is not in the Hub cache ({where}): connect to the network, or point HF_HOME "
-                         f"at a cache that has it")
+            return SrlmError(
+                f"{repo}{at}: no such local path, and not in the Hub cache ({where}) while "
+                f"HF_HUB_OFFLINE is set: download it once online, or unset HF_HUB_OFFLINE"
+            )
+        return SrlmError(
+            f"{repo}{at}: no such local path; as a Hub id, the Hugging Face Hub cannot be reached "
+            f"and it is not in the Hub cache ({where}): connect to the network, or point HF_HOME "
+            f"at a cache that has it"
+        )
     if isinstance(e, errors.EntryNotFoundError):
         return SrlmError(f"{repo}{at}: {e}")
     if isinstance(e, errors.HFValidationError):
@@ -120,16 +127,23 @@ def _download_snapshot(repo: str, revision: str | None, weights: bool) -> Path:
 
     patterns = list(ALLOW_PATTERNS if weights else CONFIG_PATTERNS)
     try:
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns,
-                                        cache_dir=cache_dir(), local_files_only=_offline()))
+        folder = Path(
+            snapshot_download(
+                repo, revision=revision, allow_patterns=patterns, cache_dir=cache_dir(), local_files_only=_offline()
+            )
+        )
     except Exception as e:  # the Hub raises its own error types, and network errors from its HTTP client
         raise _hub_error(repo, revision, e) from None
     if not (folder / "config.json").is_file():
-        raise SrlmError(f"{repo}: no config.json in the repository; not a transformers checkpoint "
-                        f"(for a GGUF repository give the file: {repo}/FILE.gguf)")
+        raise SrlmError(
+            f"{repo}: no config.json in the repository; not a transformers checkpoint "
+            f"(for a GGUF repository give the file: {repo}/FILE.gguf)"
+        )
     if weights and not any(folder.glob("*.safetensors")):
-        raise SrlmError(f"{repo}: the repository has no safetensors weights; srlm never loads pickles "
-                        f"(*.bin, *.pt), which can execute code. Pick a repository with model.safetensors")
+        raise SrlmError(
+            f"{repo}: the repository has no safetensors weights; srlm never loads pickles "
+            f"(*.bin, *.pt), which can execute code. Pick a repository with model.safetensors"
+        )
     return folder
 
 
@@ -137,7 +151,8 @@ def _download_file(repo: str, filename: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir(),
-                                    local_files_only=_offline()))
+        return Path(
+            hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir(), local_files_only=_offline())
+        )
     except Exception as e:  # as above
         raise _hub_error(f"{repo}/{filename}", revision, e) from None

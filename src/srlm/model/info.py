@@ -35,8 +35,15 @@ def describe(config: ModelConfig, path: Path | None = None) -> dict:
             "fp32": round(total * 4 / 2**20, 2),
             "bf16": round(total * 2 / 2**20, 2),
             # int8 weight-only: Linear weights in int8 + fp32 per-channel scales; embeddings and norms in bf16
-            "int8": round((linear + 4 * sum(m.weight.shape[0] for m in model.modules() if isinstance(m, torch.nn.Linear))
-                           + 2 * (embed + other)) / 2**20, 2),
+            "int8": round(
+                (
+                    linear
+                    + 4 * sum(m.weight.shape[0] for m in model.modules() if isinstance(m, torch.nn.Linear))
+                    + 2 * (embed + other)
+                )
+                / 2**20,
+                2,
+            ),
         },
         "vocab_size": config.vocab_size,
         "context_length": config.max_position_embeddings,
@@ -51,8 +58,13 @@ def describe(config: ModelConfig, path: Path | None = None) -> dict:
 
 
 def _arch_summary(c: ModelConfig) -> str:
-    parts = [f"{c.effective_layers} layers x {c.hidden_size}", f"heads {c.num_attention_heads}/{c.num_key_value_heads} (q/kv)",
-             f"head_dim {c.head_dim}", f"mlp {c.intermediate_size}", f"rope {c.rope_type} theta={c.rope_theta:g}"]
+    parts = [
+        f"{c.effective_layers} layers x {c.hidden_size}",
+        f"heads {c.num_attention_heads}/{c.num_key_value_heads} (q/kv)",
+        f"head_dim {c.head_dim}",
+        f"mlp {c.intermediate_size}",
+        f"rope {c.rope_type} theta={c.rope_theta:g}",
+    ]
     if c.layer_share > 1:
         parts.append(f"{c.num_hidden_layers} blocks each shared x{c.layer_share}")
     if c.qk_norm:

@@ -136,8 +136,9 @@ class Attention(nn.Module):
             out = _decode_attention(q, k, v, mask)
         else:
             # mask None means plain causal attention with no cache: the fused causal kernel is fastest
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                 enable_gqa=self.n_kv != self.n_heads)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv != self.n_heads
+            )
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -232,8 +233,10 @@ def _build_mask(attention_mask, b, t, past, device, decode: bool):
     if attention_mask is None:
         return causal[None, None] if past else None
     if attention_mask.shape != (b, total):
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(b, total)} "
-                         f"(batch, cached + new tokens)")
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(b, total)} "
+            f"(batch, cached + new tokens)"
+        )
     mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
     # a padding query attends to nothing; let it attend everywhere so softmax stays finite (its output is ignored)
     return mask | ~mask.any(dim=-1, keepdim=True)
@@ -261,8 +264,14 @@ class CausalLM(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.constant_(m.weight, 1.0 - m.offset)
 
-    def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache: KVCache | None = None,
-                logits_to_keep: int = 0):
+    def forward(
+        self,
+        input_ids,
+        position_ids=None,
+        attention_mask=None,
+        kv_cache: KVCache | None = None,
+        logits_to_keep: int = 0,
+    ):
         """Logits (batch, T, vocab); with `logits_to_keep=k > 0`, only the last k positions."""
         h = self.model(input_ids, position_ids, attention_mask, kv_cache)
         if logits_to_keep:
@@ -286,8 +295,15 @@ class CausalLM(nn.Module):
         h_prefix = self.model(prefix_ids, kv_cache=cache)
         return h_prefix, self.model(suffix_ids, kv_cache=cache)
 
-    def loss(self, input_ids, labels, position_ids=None, attention_mask=None, reduction: str = "mean",
-             chunk_size: int | None = None):
+    def loss(
+        self,
+        input_ids,
+        labels,
+        position_ids=None,
+        attention_mask=None,
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+    ):
         """Next-token cross-entropy; `labels` aligned with `input_ids` (shifted here), -100 = ignore.
 
         reduction "mean" averages over supervised tokens; "sum" returns the sum, for exact
@@ -333,11 +349,14 @@ def over_row_chunks(fn, rows: tuple, rest: tuple, chunk_size: int) -> list:
     chunk's logits exist at a time (and are recomputed in backward); one chunk runs plainly.
     """
     n = rows[0].shape[0]
-    grad = n > chunk_size and torch.is_grad_enabled() and any(
-        torch.is_tensor(t) and t.requires_grad for t in (*rows, *rest))
+    grad = (
+        n > chunk_size
+        and torch.is_grad_enabled()
+        and any(torch.is_tensor(t) and t.requires_grad for t in (*rows, *rest))
+    )
     out = []
     for s in range(0, n, chunk_size):
-        args = (*(r[s:s + chunk_size] for r in rows), *rest)
+        args = (*(r[s : s + chunk_size] for r in rows), *rest)
         out.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
     return out
 
@@ -349,4 +368,3 @@ def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.
         return h.sum() * 0.0
     parts = over_row_chunks(_ce_chunk, (h, targets), (weight,), chunk_size or logit_chunk_rows(weight.shape[0]))
     return sum(parts[1:], parts[0])
-

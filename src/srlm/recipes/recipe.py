@@ -22,8 +22,21 @@ from srlm.errors import SrlmError, did_you_mean
 
 TRAIN_KINDS = ("pretrain", "sft", "kd", "grpo")
 KINDS = TRAIN_KINDS + ("eval",)
-RECIPE_KEYS = {"name", "description", "model", "revision", "tokenizer", "task", "task_options", "eval", "defaults",
-               "stages", "vars", "quick", "seed"}
+RECIPE_KEYS = {
+    "name",
+    "description",
+    "model",
+    "revision",
+    "tokenizer",
+    "task",
+    "task_options",
+    "eval",
+    "defaults",
+    "stages",
+    "vars",
+    "quick",
+    "seed",
+}
 STAGE_KEYS = {"name", "kind", "config", "from", "model", "chain", "evaluate"}
 
 
@@ -44,7 +57,10 @@ def find_recipe(name: str) -> Path:
     candidate = _pipelines() / f"{name}.yaml"
     if not candidate.is_file():
         known = builtin_recipes()
-        raise SrlmError(f"unknown recipe {name!r}.{did_you_mean(name, known)} Built-in recipes: {', '.join(known)}; or give a YAML path")
+        raise SrlmError(
+            f"unknown recipe {name!r}.{did_you_mean(name, known)} Built-in recipes: {', '.join(known)}; "
+            "or give a YAML path"
+        )
     return Path(str(candidate))
 
 
@@ -57,11 +73,13 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 def _substitute(obj: Any, env: dict[str, Any], where: str) -> Any:
     if isinstance(obj, str):
+
         def one(m):
             key = m.group(1)
             if key not in env:
-                raise SrlmError(f"{where}: ${{{key}}} is not defined in the recipe's vars; add it there or pass "
-                                f"--set {key}=VALUE")
+                raise SrlmError(
+                    f"{where}: ${{{key}}} is not defined in the recipe's vars; add it there or pass --set {key}=VALUE"
+                )
             return str(env[key])
 
         whole = re.fullmatch(r"\$\{(\w+)\}", obj)
@@ -102,8 +120,10 @@ def apply_set(recipe: dict, items: list[str]) -> dict:
                 node = node.setdefault(p, {})
             node[parts[-1]] = value
         else:
-            raise SrlmError(f"--set {key}: not a var ({', '.join(recipe.get('vars') or {}) or 'none'}), a stage "
-                            f"({', '.join(names)}) or a recipe key ({', '.join(sorted(RECIPE_KEYS))})")
+            raise SrlmError(
+                f"--set {key}: not a var ({', '.join(recipe.get('vars') or {}) or 'none'}), a stage "
+                f"({', '.join(names)}) or a recipe key ({', '.join(sorted(RECIPE_KEYS))})"
+            )
     return recipe
 
 
@@ -113,12 +133,16 @@ def load_recipe(name: str, sets: list[str] | None = None, quick: bool = False) -
         recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise SrlmError(f"{path}{':' + str(mark.line + 1) if mark else ''}: malformed YAML ({getattr(e, 'problem', e)})") from None
+        raise SrlmError(
+            f"{path}{':' + str(mark.line + 1) if mark else ''}: malformed YAML ({getattr(e, 'problem', e)})"
+        ) from None
     if not isinstance(recipe, dict):
         raise SrlmError(f"{path}: a recipe is a mapping with model, task, stages, ...")
     unknown = set(recipe) - RECIPE_KEYS
     if unknown:
-        raise SrlmError(f"{path}: unknown recipe key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(RECIPE_KEYS))}")
+        raise SrlmError(
+            f"{path}: unknown recipe key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(RECIPE_KEYS))}"
+        )
     if quick:
         q = recipe.get("quick") or {}
         stage_q = q.get("stages") or {}
@@ -144,19 +168,27 @@ def _validate(recipe: dict, where: str) -> None:
             raise SrlmError(f"{where}: stage {i} needs a `name` and a `kind`")
         bad = set(s) - STAGE_KEYS
         if bad:
-            raise SrlmError(f"{where}: stage {s['name']!r} has unknown key(s) {', '.join(sorted(bad))}; "
-                            f"known: {', '.join(sorted(STAGE_KEYS))}")
+            raise SrlmError(
+                f"{where}: stage {s['name']!r} has unknown key(s) {', '.join(sorted(bad))}; "
+                f"known: {', '.join(sorted(STAGE_KEYS))}"
+            )
         if s["kind"] not in KINDS:
-            raise SrlmError(f"{where}: stage {s['name']!r} has unknown kind {s['kind']!r}.{did_you_mean(s['kind'], KINDS)} "
-                            f"Kinds: {', '.join(KINDS)}")
+            raise SrlmError(
+                f"{where}: stage {s['name']!r} has unknown kind {s['kind']!r}.{did_you_mean(s['kind'], KINDS)} "
+                f"Kinds: {', '.join(KINDS)}"
+            )
         if s["name"] in seen or s["name"] in ("evals", "tokenizer", "init", "model", "final"):
             raise SrlmError(f"{where}: stage name {s['name']!r} is repeated or reserved; give each stage its own name")
         frm = s.get("from")
         if frm not in (None, "model") and frm not in seen:
-            raise SrlmError(f"{where}: stage {s['name']!r} starts from {frm!r}, which is not an earlier stage "
-                            f"({', '.join(seen) or 'none yet'}); use an earlier stage's name or `model`")
+            raise SrlmError(
+                f"{where}: stage {s['name']!r} starts from {frm!r}, which is not an earlier stage "
+                f"({', '.join(seen) or 'none yet'}); use an earlier stage's name or `model`"
+            )
         for ref in re.findall(r"@([\w.-]+)", json.dumps(s.get("config") or {})):
             if ref not in seen:
-                raise SrlmError(f"{where}: stage {s['name']!r} refers to @{ref}, which is not an earlier stage "
-                                f"({', '.join(seen) or 'none yet'})")
+                raise SrlmError(
+                    f"{where}: stage {s['name']!r} refers to @{ref}, which is not an earlier stage "
+                    f"({', '.join(seen) or 'none yet'})"
+                )
         seen.append(s["name"])

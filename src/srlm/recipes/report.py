@@ -96,11 +96,17 @@ def _plots(out: Path, stages: list[dict]) -> list[str]:
                     continue
                 # a step's few prompts make a noisy curve: faint per step, bold as a moving mean
                 w = max(1, len(ys) // 10)
-                line, = ax.plot(xs, ys, style, alpha=0.3 if w > 1 else 1.0, linewidth=0.8)
+                (line,) = ax.plot(xs, ys, style, alpha=0.3 if w > 1 else 1.0, linewidth=0.8)
                 label = f"{name} {key}" + (f" ({w}-step mean)" if w > 1 else "")
                 if w > 1:
-                    ax.plot(xs[w - 1:], np.convolve(ys, np.ones(w) / w, mode="valid"), style, color=line.get_color(),
-                            linewidth=2, label=label)
+                    ax.plot(
+                        xs[w - 1 :],
+                        np.convolve(ys, np.ones(w) / w, mode="valid"),
+                        style,
+                        color=line.get_color(),
+                        linewidth=2,
+                        label=label,
+                    )
                 else:
                     line.set_label(label)
         ax.set_xlabel("step")
@@ -166,8 +172,9 @@ def changes(stages: list[dict], task: str) -> list[dict]:
     """The change from each evaluated main-line stage to the next: per level, diff and 95% interval."""
     from srlm.eval.intervals import paired_difference
 
-    line = [s for s in stages if s.get("eval", {}).get(task) is not None and s.get("chain", True)
-            and s.get("eval_records")]
+    line = [
+        s for s in stages if s.get("eval", {}).get(task) is not None and s.get("chain", True) and s.get("eval_records")
+    ]
     levels = [None] + [lv.split("@")[1] for lv in _levels(line)]
     out = []
     for a, b in zip(line, line[1:]):
@@ -201,27 +208,45 @@ def _markdown(summary: dict, plots: list[str]) -> str:
             m = s["eval"].get(task)
             if m is None:
                 continue
-            row = [s["name"], f"`{s.get('checkpoint', '')}`", _with_ci(m, "accuracy")] + [_with_ci(m, lv) for lv in levels]
+            row = [s["name"], f"`{s.get('checkpoint', '')}`", _with_ci(m, "accuracy")] + [
+                _with_ci(m, lv) for lv in levels
+            ]
             lines.append("| " + " | ".join(row) + " |")
-        lines += ["", "Each figure: accuracy % (95% Wilson interval)" +
-                  (f"; n per level: {', '.join(str(next(iter(s['eval'][task].get('n@' + lv.split('@')[1]) for s in evald if task in s['eval']), '?')) for lv in levels)}" if levels else "") + ".", ""]
+        first = next(s["eval"][task] for s in evald if task in s["eval"])
+        per_level = ", ".join(str(first.get("n@" + lv.split("@")[1], "?")) for lv in levels)
+        lines += [
+            "",
+            "Each figure: accuracy % (95% Wilson interval)" + (f"; n per level: {per_level}" if levels else "") + ".",
+            "",
+        ]
         diffs = changes(stages, task)
         if diffs:
             lines += [f"### {task}: change from stage to stage (points, 95% interval, paired by problem)", ""]
             head = ["change", "all"] + [lv.split("@")[1] for lv in levels]
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for d in diffs:
-                lines.append("| " + " | ".join([f"{d['from']} -> {d['to']}", _signed(d["all"])] +
-                                                [_signed(d.get(lv.split("@")[1], {"n": 0})) for lv in levels]) + " |")
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [f"{d['from']} -> {d['to']}", _signed(d["all"])]
+                        + [_signed(d.get(lv.split("@")[1], {"n": 0})) for lv in levels]
+                    )
+                    + " |"
+                )
             lines += ["", "`*`: the interval excludes 0, so the change is larger than this held-out set's noise.", ""]
-    lines += ["## What each stage cost", "", "| stage | kind | steps | wall (s) | final loss | notes |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## What each stage cost",
+        "",
+        "| stage | kind | steps | wall (s) | final loss | notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in stages:
         log = read_log(s.get("log"))
         _, losses = _series(log, "loss")
         notes = "; ".join(f"{k} {v}" for k, v in (s.get("notes") or {}).items())
-        lines.append(f"| {s['name']} | {s.get('kind', '')} | {s.get('steps', '—')} | "
-                     f"{s.get('wall_s', 0):.0f} | {losses[-1]:.3f} | {notes} |" if losses else
-                     f"| {s['name']} | {s.get('kind', '')} | {s.get('steps', '—')} | {s.get('wall_s', 0):.0f} | — | {notes} |")
+        final_loss = f"{losses[-1]:.3f}" if losses else "—"
+        cells = [s["name"], s.get("kind", ""), s.get("steps", "—"), f"{s.get('wall_s', 0):.0f}", final_loss, notes]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     total = sum(float(s.get("wall_s") or 0) for s in stages)
     lines += ["", f"Total wall time: {total:.0f} s ({total / 60:.1f} min)."]
     if summary.get("machine"):

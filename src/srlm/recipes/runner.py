@@ -45,15 +45,25 @@ import yaml
 
 from srlm.atomic import atomic_folder, clean_temporaries, write_text_atomic
 from srlm.errors import SrlmError
-
 from srlm.recipes.recipe import _deep_merge
 
 # ---------------------------------------------------------------------------------------------
 # Fingerprints
 
 # training options that change how a stage runs, not what it produces
-NOT_RESULTS = {"save_every", "keep_last", "log_every", "resume", "num_threads", "progress", "device", "out_dir",
-               "eval_every", "eval_tasks", "eval_limit"}
+NOT_RESULTS = {
+    "save_every",
+    "keep_last",
+    "log_every",
+    "resume",
+    "num_threads",
+    "progress",
+    "device",
+    "out_dir",
+    "eval_every",
+    "eval_tasks",
+    "eval_limit",
+}
 INPUTS_FILE = "inputs.json"
 
 
@@ -65,8 +75,9 @@ def tree_digest(path: str | Path) -> str:
     """A fingerprint of a file or folder made outside the run: names, sizes and modification times."""
     p = Path(path)
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    return _digest([(str(f.relative_to(p)) if f != p else p.name, f.stat().st_size, f.stat().st_mtime_ns)
-                    for f in files])
+    return _digest(
+        [(str(f.relative_to(p)) if f != p else p.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    )
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -86,9 +97,12 @@ def describe_change(old: dict | None, new: dict) -> str:
     if old is None:
         return "no record of the settings that made it"
     a, b = _flatten(old), _flatten(new)
-    diffs = [f"{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(set(a) | set(b))
-             if a.get(k) != b.get(k)]
-    return ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "") if diffs else "inputs changed"
+    diffs = [
+        f"{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]
+    return (
+        ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "") if diffs else "inputs changed"
+    )
 
 
 def read_record(path: Path) -> dict | None:
@@ -102,8 +116,9 @@ def read_record(path: Path) -> dict | None:
 
 def write_record(path: Path, fingerprint: str, settings: dict, **extra: Any) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "settings": settings, **extra},
-                                       indent=2, default=str) + "\n")
+    write_text_atomic(
+        path, json.dumps({"fingerprint": fingerprint, "settings": settings, **extra}, indent=2, default=str) + "\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +132,14 @@ class Runner:
         self.log = log
         self.task_name = recipe["task"]
         self.task_options = dict(recipe.get("task_options") or {})
-        self.eval_cfg = {"n": 500, "batch_size": 64, "max_new_tokens": None, "chat": True, "data": None,
-                         **(recipe.get("eval") or {})}
+        self.eval_cfg = {
+            "n": 500,
+            "batch_size": 64,
+            "max_new_tokens": None,
+            "chat": True,
+            "data": None,
+            **(recipe.get("eval") or {}),
+        }
         self.seed = int(recipe.get("seed", 0))
         self.made: dict[str, dict] = {}  # path made by this run -> {"fingerprint", "name"}
 
@@ -140,8 +161,11 @@ class Runner:
             return {k: self._with_refs(v) for k, v in obj.items()}
         if isinstance(obj, list):
             return [self._with_refs(v) for v in obj]
-        if isinstance(obj, str) and ("/" in obj or os.sep in obj) and (
-                str(Path(obj).resolve()) in self.made or Path(obj).exists()):
+        if (
+            isinstance(obj, str)
+            and ("/" in obj or os.sep in obj)
+            and (str(Path(obj).resolve()) in self.made or Path(obj).exists())
+        ):
             return self.ref(obj)
         return obj
 
@@ -152,8 +176,9 @@ class Runner:
         rec = read_record(record_path)
         if rec is not None and rec["fingerprint"] == fingerprint:
             return True
-        self.log(f"[{what}] settings changed ({describe_change(rec and rec.get('settings'), settings)}): "
-                 f"making it again")
+        self.log(
+            f"[{what}] settings changed ({describe_change(rec and rec.get('settings'), settings)}): making it again"
+        )
         shutil.rmtree(path) if path.is_dir() else path.unlink()
         return False
 
@@ -195,8 +220,10 @@ class Runner:
             if folder is None and model not in PRESETS:
                 raise SrlmError(f"model {model!r} is neither a checkpoint folder nor a preset ({', '.join(PRESETS)})")
             if folder is None:
-                raise SrlmError(f"model {model!r} is a preset: the recipe needs `tokenizer` (a folder, or "
-                                f"{{train: {{vocab_size: N}}}} to train one)")
+                raise SrlmError(
+                    f"model {model!r} is a preset: the recipe needs `tokenizer` (a folder, or "
+                    f"{{train: {{vocab_size: N}}}} to train one)"
+                )
             return folder
         if isinstance(spec, str):
             if not (Path(spec) / "tokenizer.json").is_file():
@@ -207,8 +234,10 @@ class Runner:
         settings = {"train": opts, "task": self.task_name, "task_options": self._with_refs(self.task_options)}
         fp = _digest(settings)
         self._made(folder, fp, "tokenizer")
-        if self._fresh("tokenizer", folder, folder / INPUTS_FILE, fp, settings) and \
-                (folder / "tokenizer.json").is_file():
+        if (
+            self._fresh("tokenizer", folder, folder / INPUTS_FILE, fp, settings)
+            and (folder / "tokenizer.json").is_file()
+        ):
             return folder
         from srlm.data.chat import example_to_messages
         from srlm.tokenizer import train_bpe
@@ -224,20 +253,28 @@ class Runner:
         with atomic_folder(folder) as tmp:  # a kill mid-save must not leave a tokenizer.json without its config
             tok.save(tmp)
         write_record(folder / INPUTS_FILE, fp, settings)
-        self.log(f"[tokenizer] trained BPE with {tok.vocab_size} ids on {len(texts)} problems "
-                 f"in {time.perf_counter() - t0:.1f}s -> {folder}")
+        self.log(
+            f"[tokenizer] trained BPE with {tok.vocab_size} ids on {len(texts)} problems "
+            f"in {time.perf_counter() - t0:.1f}s -> {folder}"
+        )
         return folder
 
     def initial_model(self, tok_dir: Path, preset_name: str, name: str, overrides: dict | None = None) -> Path:
         """A preset model (with `overrides` of its fields) saved once, seeded, so every later stage starts
         from a real folder."""
         folder = self.out / "init" / name
-        settings = {"preset": preset_name, "overrides": overrides or {}, "seed": self.seed,
-                    "tokenizer": self.ref(tok_dir)}
+        settings = {
+            "preset": preset_name,
+            "overrides": overrides or {},
+            "seed": self.seed,
+            "tokenizer": self.ref(tok_dir),
+        }
         fp = _digest(settings)
         self._made(folder, fp, f"init/{name}")
-        if self._fresh(f"init/{name}", folder, folder / INPUTS_FILE, fp, settings) and \
-                (folder / "config.json").is_file():
+        if (
+            self._fresh(f"init/{name}", folder, folder / INPUTS_FILE, fp, settings)
+            and (folder / "config.json").is_file()
+        ):
             return folder
         import torch
 
@@ -246,9 +283,16 @@ class Runner:
 
         tok = Tokenizer.from_dir(tok_dir)
         torch.manual_seed(self.seed)
-        cfg = preset(preset_name, **{**(overrides or {}), "vocab_size": tok.vocab_size,
-                                     "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
-                                     "pad_token_id": tok.pad_token_id})
+        cfg = preset(
+            preset_name,
+            **{
+                **(overrides or {}),
+                "vocab_size": tok.vocab_size,
+                "eos_token_id": tok.eos_token_id,
+                "bos_token_id": tok.bos_token_id,
+                "pad_token_id": tok.pad_token_id,
+            },
+        )
         save(CausalLM(cfg), folder, tokenizer=tok)
         write_record(folder / INPUTS_FILE, fp, settings)
         return folder
@@ -257,16 +301,20 @@ class Runner:
         folder = self.checkpoint_folder(spec)
         if folder is not None:
             if overrides:
-                raise SrlmError(f"stage {stage_name!r}: model_overrides change a preset's shape; model {spec} is a "
-                                f"checkpoint, whose shape is fixed")
+                raise SrlmError(
+                    f"stage {stage_name!r}: model_overrides change a preset's shape; model {spec} is a "
+                    f"checkpoint, whose shape is fixed"
+                )
             if not (folder / "config.json").is_file():
                 raise SrlmError(f"model {spec}: no config.json; not a checkpoint folder")
             return folder
         from srlm.model import PRESETS
 
         if spec not in PRESETS:
-            raise SrlmError(f"stage {stage_name!r}: model {spec!r} is neither a checkpoint folder nor a preset "
-                            f"({', '.join(PRESETS)})")
+            raise SrlmError(
+                f"stage {stage_name!r}: model {spec!r} is neither a checkpoint folder nor a preset "
+                f"({', '.join(PRESETS)})"
+            )
         if overrides:  # a reshaped preset gets its own folder, named after the stage that asked for it
             return self.initial_model(tok_dir, spec, f"{spec}-{stage_name}", overrides)
         return self.initial_model(tok_dir, spec, spec)
@@ -298,8 +346,21 @@ class Runner:
     def eval_command(self, checkpoint: Path, out_json: Path) -> str:
         """The `srlm eval` command that reproduces an evaluation of the run."""
         e = self.eval_cfg
-        argv = ["srlm", "eval", str(checkpoint), "--task", self.task_name, "--data", self.heldout(), "--limit",
-                str(e["n"]), "--batch-size", str(e["batch_size"]), "--out", str(out_json)]
+        argv = [
+            "srlm",
+            "eval",
+            str(checkpoint),
+            "--task",
+            self.task_name,
+            "--data",
+            self.heldout(),
+            "--limit",
+            str(e["n"]),
+            "--batch-size",
+            str(e["batch_size"]),
+            "--out",
+            str(out_json),
+        ]
         if e.get("chat", True):
             argv.append("--chat")
         if e.get("max_new_tokens"):
@@ -310,8 +371,12 @@ class Runner:
         out_json = self.out / "evals" / f"{name}.json"
         record = out_json.with_suffix(".inputs.json")
         data = self.heldout()
-        settings = {"checkpoint": self.ref(checkpoint), "task": self.task_name, "data": self.ref(data),
-                    "eval": {k: v for k, v in self.eval_cfg.items() if k != "data"}}
+        settings = {
+            "checkpoint": self.ref(checkpoint),
+            "task": self.task_name,
+            "data": self.ref(data),
+            "eval": {k: v for k, v in self.eval_cfg.items() if k != "data"},
+        }
         fp = _digest(settings)
         if self._fresh(f"{name} eval", out_json, record, fp, settings):
             rec = read_record(record)
@@ -320,9 +385,16 @@ class Runner:
 
         e = self.eval_cfg
         t0 = time.perf_counter()
-        result = eval_run.evaluate(checkpoint, self.task_name, data, limit=int(e["n"]), chat=bool(e.get("chat", True)),
-                                   batch_size=int(e["batch_size"]), max_new_tokens=e.get("max_new_tokens"),
-                                   progress=True)
+        result = eval_run.evaluate(
+            checkpoint,
+            self.task_name,
+            data,
+            limit=int(e["n"]),
+            chat=bool(e.get("chat", True)),
+            batch_size=int(e["batch_size"]),
+            max_new_tokens=e.get("max_new_tokens"),
+            progress=True,
+        )
         results = result.to_json()
         results["config"] = {"command": self.eval_command(checkpoint, out_json)}
         eval_run.write_results(out_json, results, result.records)
@@ -332,8 +404,8 @@ class Runner:
 
     # -- planning: what each stage is made from ---------------------------------------------
     def stage_config(self, s: dict, start: Path, tok_dir: Path, done: dict[str, Path]) -> tuple[Any, Any]:
-        from srlm.train.stage import stage_module
         from srlm.train.config import load_config
+        from srlm.train.stage import stage_module
 
         mod = stage_module(s["kind"])
         cfg = _deep_merge(self.recipe.get("defaults") or {}, s.get("config") or {})
@@ -341,8 +413,9 @@ class Runner:
         for ref, path in done.items():
             text = text.replace(f"@{ref}", str(path))
         cfg = json.loads(text)
-        cfg.update(out_dir=str(self.out / s["name"]), model=str(start), init_from=None, tokenizer=str(tok_dir),
-                   resume="auto")
+        cfg.update(
+            out_dir=str(self.out / s["name"]), model=str(start), init_from=None, tokenizer=str(tok_dir), resume="auto"
+        )
         if s.get("model"):
             cfg.pop("model_overrides", None)  # already applied to the stage's fresh model (see _start)
         cfg.setdefault("seed", self.seed)
@@ -361,9 +434,15 @@ class Runner:
         plan = []
         for s in self.recipe["stages"]:
             name, frm = s["name"], s.get("from")
-            start = (self._start(s["model"], tok_dir, name, (s.get("config") or {}).get("model_overrides"))
-                     if s.get("model") else
-                     base if frm == "model" else done[frm] if frm else current)
+            start = (
+                self._start(s["model"], tok_dir, name, (s.get("config") or {}).get("model_overrides"))
+                if s.get("model")
+                else base
+                if frm == "model"
+                else done[frm]
+                if frm
+                else current
+            )
             step = {"s": s, "start": start, "mod": None, "config": None}
             if s["kind"] == "eval":
                 ckpt = start
@@ -406,8 +485,9 @@ class Runner:
         for folder in (self.out, self.out / "evals", self.out / "init"):  # what a killed run left half-written
             clean_temporaries(folder)
         t_all = time.perf_counter()
-        (self.out / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in self.recipe.items() if k != "_path"},
-                                                             sort_keys=False))
+        (self.out / "recipe.yaml").write_text(
+            yaml.safe_dump({k: v for k, v in self.recipe.items() if k != "_path"}, sort_keys=False)
+        )
         t0 = time.perf_counter()
         tok_dir = self.tokenizer_dir()
         base = self._start(self.recipe["model"], tok_dir, "model")
@@ -418,8 +498,12 @@ class Runner:
         for step in plan:
             s = step["s"]
             name, kind, ckpt = s["name"], s["kind"], step["checkpoint"]
-            rec: dict[str, Any] = {"name": name, "kind": kind, "start": str(step["start"]),
-                                   "chain": bool(s.get("chain", True))}
+            rec: dict[str, Any] = {
+                "name": name,
+                "kind": kind,
+                "start": str(step["start"]),
+                "chain": bool(s.get("chain", True)),
+            }
             if kind != "eval":
                 rec.update(self._train(step))
             if s.get("chain", True):
@@ -438,9 +522,14 @@ class Runner:
         from srlm.recipes.report import write_report
 
         summary = {
-            "recipe": self.recipe.get("name"), "description": self.recipe.get("description"),
-            "task": self.task_name, "task_options": self.task_options, "eval": self.eval_cfg,
-            "setup_s": setup_s, "stages": stages_out, "final": str(current),
+            "recipe": self.recipe.get("name"),
+            "description": self.recipe.get("description"),
+            "task": self.task_name,
+            "task_options": self.task_options,
+            "eval": self.eval_cfg,
+            "setup_s": setup_s,
+            "stages": stages_out,
+            "final": str(current),
             "machine": describe(),
             "this_run_wall_s": time.perf_counter() - t_all,
             "next": f"Chat with the result: `srlm chat {current}`",
@@ -469,8 +558,10 @@ class Runner:
         m = (rec.get("eval") or {}).get(self.task_name)
         if m and m.get("n"):
             lo, hi = wilson(round(m["accuracy"] * m["n"]), m["n"])
-            parts.append(f"held-out accuracy {100 * m['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}, "
-                         f"n {m['n']}; eval {rec.get('eval_s', 0):.0f} s)")
+            parts.append(
+                f"held-out accuracy {100 * m['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}, "
+                f"n {m['n']}; eval {rec.get('eval_s', 0):.0f} s)"
+            )
         return f"[{rec['name']}] " + "; ".join(parts)
 
     def _train(self, step: dict) -> dict:
@@ -487,8 +578,10 @@ class Runner:
             self.log(f"[{s['name']}] finished earlier with the same settings ({info.get('steps')} steps); skipping")
             return {**info, "train_s": 0.0, "reused": True}
         if not Path(start).is_dir():
-            raise SrlmError(f"stage {s['name']!r}: starting checkpoint {start} is missing; re-run the stage that "
-                            f"makes it or fix `from`")
+            raise SrlmError(
+                f"stage {s['name']!r}: starting checkpoint {start} is missing; re-run the stage that "
+                f"makes it or fix `from`"
+            )
         write_record(stage_dir / INPUTS_FILE, step["fingerprint"], step["settings"])
         from srlm.train.loop import list_checkpoints
 
@@ -503,7 +596,12 @@ class Runner:
             self.log(f"[{s['name']}] {s['kind']}: {what} from {start}")
             result = mod.run(config)
         train_s = time.perf_counter() - t0
-        info = {"steps": config.steps, "train_s": train_s, "log": str(stage_dir / "metrics.jsonl"),
-                "fingerprint": step["fingerprint"], "notes": mod.report_notes(result, stage_dir)}
+        info = {
+            "steps": config.steps,
+            "train_s": train_s,
+            "log": str(stage_dir / "metrics.jsonl"),
+            "fingerprint": step["fingerprint"],
+            "notes": mod.report_notes(result, stage_dir),
+        }
         write_text_atomic(marker, json.dumps(info, indent=2) + "\n")
         return info

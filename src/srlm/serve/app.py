@@ -44,11 +44,13 @@ from srlm.serve.protocol import (
 from srlm.serve.scheduler import Delta, Done, Failed, Finish, Job, Scheduler
 
 PUBLIC_PATHS = {"/"}  # the page holds no data; it asks for the key when the API answers 401
-ERRORS = {400: {"model": ErrorResponse, "description": "a bad request; `param` names the field"},
-          401: {"model": ErrorResponse, "description": "missing or wrong API key (with --api-key)"},
-          404: {"model": ErrorResponse, "description": "unknown model"},
-          413: {"model": ErrorResponse, "description": "the body is too large"},
-          429: {"model": ErrorResponse, "description": "too many requests waiting"}}
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "a bad request; `param` names the field"},
+    401: {"model": ErrorResponse, "description": "missing or wrong API key (with --api-key)"},
+    404: {"model": ErrorResponse, "description": "unknown model"},
+    413: {"model": ErrorResponse, "description": "the body is too large"},
+    429: {"model": ErrorResponse, "description": "too many requests waiting"},
+}
 
 
 @dataclass
@@ -79,10 +81,14 @@ class _Guard:
         if self.key is not None and scope["path"] not in PUBLIC_PATHS:
             given = headers.get(b"authorization")
             if given is None or not hmac.compare_digest(given, self.key):
-                message = ("no API key: send the header 'Authorization: Bearer KEY'" if given is None
-                           else "incorrect API key in the Authorization header")
-                return await _send(send, 401, ApiError(401, message, code="invalid_api_key").body(),
-                                   [(b"www-authenticate", b"Bearer")])
+                message = (
+                    "no API key: send the header 'Authorization: Bearer KEY'"
+                    if given is None
+                    else "incorrect API key in the Authorization header"
+                )
+                return await _send(
+                    send, 401, ApiError(401, message, code="invalid_api_key").body(), [(b"www-authenticate", b"Bearer")]
+                )
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             return await _send(send, 413, self._too_large())
@@ -117,9 +123,13 @@ class _Guard:
 
 async def _send(send, status: int, body: dict, headers=()) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -160,8 +170,11 @@ class _Inbox:
 _TYPE_MISMATCH = re.compile(r"_type$|_parsing$|^union_tag|^model_attributes_type$")
 
 
-_UNION_FORMS = {"prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
-                "stop": "a string or a list of strings", "content": "a string or a list of text parts"}
+_UNION_FORMS = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
+    "stop": "a string or a list of strings",
+    "content": "a string or a list of text parts",
+}
 
 
 def _param(loc) -> str | None:
@@ -195,8 +208,9 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
             return ApiError(400, f"{param} must be {forms}", param=param)
     best = best or first
     if best["type"] == "extra_forbidden":
-        return ApiError(400, f"Unrecognized request argument supplied: {param} (srlm serve does not implement it)",
-                        param=param)
+        return ApiError(
+            400, f"Unrecognized request argument supplied: {param} (srlm serve does not implement it)", param=param
+        )
     if best["type"] == "missing":
         return ApiError(400, f"{param} is required", param=param)
     msg = best["msg"].removeprefix("Value error, ")
@@ -231,8 +245,10 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         raise SrlmError("srlm serve needs the checkpoint's tokenizer (tokenizer.json) to read and write text")
     max_len = settings.max_model_len or engine.max_context
     if not 2 <= max_len <= engine.max_context:
-        raise SrlmError(f"--max-model-len {max_len}: must be between 2 and the model's context "
-                        f"(max_position_embeddings = {engine.max_context})")
+        raise SrlmError(
+            f"--max-model-len {max_len}: must be between 2 and the model's context "
+            f"(max_position_embeddings = {engine.max_context})"
+        )
     if settings.max_batch < 1:
         raise SrlmError(f"--max-batch {settings.max_batch}: give at least 1 row")
     sched = Scheduler(engine, max_batch=settings.max_batch, max_len=max_len, max_waiting=settings.max_waiting)
@@ -246,8 +262,14 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         finally:
             sched.close()
 
-    app = FastAPI(title="srlm serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="An OpenAI-compatible API over one srlm checkpoint, with continuous batching.")
+    app = FastAPI(
+        title="srlm serve",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="An OpenAI-compatible API over one srlm checkpoint, with continuous batching.",
+    )
     app.state.scheduler = sched
     app.state.settings = settings
     app.add_middleware(_Guard, api_key=settings.api_key, max_body=settings.max_body_bytes)
@@ -270,11 +292,19 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     # ------------------------------------------------------------ request checks shared by both endpoints
     def check_common(body, rows: int) -> None:
         if body.model is not None and body.model != settings.model_name:
-            raise ApiError(404, f"The model '{body.model}' does not exist; this server serves "
-                                f"'{settings.model_name}'", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"The model '{body.model}' does not exist; this server serves '{settings.model_name}'",
+                param="model",
+                code="model_not_found",
+            )
         if rows > settings.max_batch:
-            raise ApiError(400, f"n={body.n} gives {rows} completions; this server runs at most {settings.max_batch} "
-                                f"at once (--max-batch)", param="n")
+            raise ApiError(
+                400,
+                f"n={body.n} gives {rows} completions; this server runs at most {settings.max_batch} "
+                f"at once (--max-batch)",
+                param="n",
+            )
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(body, name):
                 raise ApiError(400, f"{name} is not supported by srlm serve: leave it at 0", param=name)
@@ -283,27 +313,57 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         if body.stream_options is not None and not body.stream:
             raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options")
         if body.thinking_budget is not None and engine.think_ids is None:
-            raise ApiError(400, "thinking_budget needs single-token <think> and </think> in the tokenizer; "
-                                "this checkpoint's tokenizer has none", param="thinking_budget")
+            raise ApiError(
+                400,
+                "thinking_budget needs single-token <think> and </think> in the tokenizer; "
+                "this checkpoint's tokenizer has none",
+                param="thinking_budget",
+            )
 
-    def row(body, prompt: list[int], prompt_param: str, max_param: str, max_tokens: int | None, explicit: bool,
-            logprobs: bool, top_logprobs: int) -> RowRequest:
+    def row(
+        body,
+        prompt: list[int],
+        prompt_param: str,
+        max_param: str,
+        max_tokens: int | None,
+        explicit: bool,
+        logprobs: bool,
+        top_logprobs: int,
+    ) -> RowRequest:
         if len(prompt) >= max_len:
-            raise ApiError(400, f"This model's maximum context length is {max_len} tokens; the prompt has "
-                                f"{len(prompt)}: shorten it", param=prompt_param, code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {max_len} tokens; the prompt has {len(prompt)}: shorten it",
+                param=prompt_param,
+                code="context_length_exceeded",
+            )
         room = max_len - len(prompt)
         if max_tokens is None:
             max_tokens = room
         elif max_tokens > room:
             if explicit:
-                raise ApiError(400, f"This model's maximum context length is {max_len} tokens; {len(prompt)} in the "
-                                    f"prompt + {max_tokens} new do not fit: lower {max_param} to at most {room}",
-                               param=max_param, code="context_length_exceeded")
+                raise ApiError(
+                    400,
+                    f"This model's maximum context length is {max_len} tokens; {len(prompt)} in the "
+                    f"prompt + {max_tokens} new do not fit: lower {max_param} to at most {room}",
+                    param=max_param,
+                    code="context_length_exceeded",
+                )
             max_tokens = room
-        return RowRequest(prompt, n=body.n, max_new_tokens=max_tokens, temperature=body.temperature,
-                          top_k=max(body.top_k, 0), top_p=body.top_p, min_p=body.min_p, seed=body.seed,
-                          stop_token_ids=[] if body.ignore_eos else None, logprobs=logprobs,
-                          top_logprobs=top_logprobs, thinking_budget=body.thinking_budget)
+        return RowRequest(
+            prompt,
+            n=body.n,
+            max_new_tokens=max_tokens,
+            temperature=body.temperature,
+            top_k=max(body.top_k, 0),
+            top_p=body.top_p,
+            min_p=body.min_p,
+            seed=body.seed,
+            stop_token_ids=[] if body.ignore_eos else None,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            thinking_budget=body.thinking_budget,
+        )
 
     def stops_of(body) -> list[str]:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -314,15 +374,21 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if not tokenizer.has_chat_template:
-            raise ApiError(400, "this checkpoint has no chat template, so messages cannot be turned into a prompt: "
-                                "use /v1/completions", param="messages")
+            raise ApiError(
+                400,
+                "this checkpoint has no chat template, so messages cannot be turned into a prompt: use /v1/completions",
+                param="messages",
+            )
         messages = []
         for m in body.messages:
             content = m.content
             if isinstance(content, list):
                 content = "\n".join(part.text for part in content)
-            msg = {**(m.model_extra or {}), "role": "system" if m.role == "developer" else m.role,
-                   "content": content or ""}
+            msg = {
+                **(m.model_extra or {}),
+                "role": "system" if m.role == "developer" else m.role,
+                "content": content or "",
+            }
             if m.reasoning_content is not None:
                 msg["reasoning_content"] = m.reasoning_content
             messages.append(msg)
@@ -331,15 +397,17 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         except SrlmError as e:
             raise ApiError(400, str(e), param="messages") from None
         except Exception as e:  # the checkpoint's template failed on these messages (a TypeError in jinja, ...)
-            raise ApiError(400, f"the chat template could not render these messages ({type(e).__name__}: {e})",
-                           param="messages") from None
+            raise ApiError(
+                400, f"the chat template could not render these messages ({type(e).__name__}: {e})", param="messages"
+            ) from None
         prompt = tokenizer.encode(text, add_special_tokens=False)
         if not prompt:
             raise ApiError(400, "the messages make an empty prompt", param="messages")
         given = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         max_tokens = body.max_completion_tokens or body.max_tokens
-        r = row(body, prompt, "messages", given, max_tokens, max_tokens is not None, body.logprobs,
-                body.top_logprobs or 0)
+        r = row(
+            body, prompt, "messages", given, max_tokens, max_tokens is not None, body.logprobs, body.top_logprobs or 0
+        )
         return _Prepared([r], [text.rfind(THINK_START) > text.rfind(THINK_END)], stops_of(body), body.n)
 
     def prepare_completion(body: CompletionRequest) -> _Prepared:
@@ -354,15 +422,30 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
             raise ApiError(400, "echo is not supported by srlm serve: leave it false", param="echo")
         for i, ids in enumerate(prompts):
             if not ids:
-                raise ApiError(400, f"prompt {i} is empty (and the tokenizer adds no BOS token): give some text",
-                               param="prompt")
+                raise ApiError(
+                    400, f"prompt {i} is empty (and the tokenizer adds no BOS token): give some text", param="prompt"
+                )
             bad = next((t for t in ids if not 0 <= t < engine.vocab_size), None)
             if bad is not None:
-                raise ApiError(400, f"prompt {i} has token id {bad}, outside the vocabulary [0, {engine.vocab_size})",
-                               param="prompt")
+                raise ApiError(
+                    400,
+                    f"prompt {i} has token id {bad}, outside the vocabulary [0, {engine.vocab_size})",
+                    param="prompt",
+                )
         explicit = "max_tokens" in body.model_fields_set and body.max_tokens is not None
-        rows = [row(body, ids, "prompt", "max_tokens", body.max_tokens, explicit, body.logprobs is not None,
-                    body.logprobs or 0) for ids in prompts]
+        rows = [
+            row(
+                body,
+                ids,
+                "prompt",
+                "max_tokens",
+                body.max_tokens,
+                explicit,
+                body.logprobs is not None,
+                body.logprobs or 0,
+            )
+            for ids in prompts
+        ]
         return _Prepared(rows, [False] * len(rows), stops_of(body), body.n)
 
     # ------------------------------------------------------------ running a job
@@ -370,8 +453,12 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         inbox = _Inbox(asyncio.get_running_loop(), eager=stream)
         job = Job(prep.rows, prep.stops, inbox.put, stream=stream)
         if not sched.submit(job):
-            raise ApiError(429, f"{settings.max_waiting} requests are already waiting: retry later",
-                           type="rate_limit_error", code="server_busy")
+            raise ApiError(
+                429,
+                f"{settings.max_waiting} requests are already waiting: retry later",
+                type="rate_limit_error",
+                code="server_busy",
+            )
         return job, inbox
 
     async def events_of(job: Job, inbox: _Inbox, request: Request | None, poll: float = 0.25):
@@ -413,8 +500,11 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         return out
 
     def usage(done: Done) -> dict:
-        return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-                "total_tokens": done.prompt_tokens + done.completion_tokens}
+        return {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+        }
 
     # ------------------------------------------------------------ routes
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -433,20 +523,37 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         return {"object": "list", "data": [card()]}
 
     def card() -> dict:
-        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "srlm",
-                "max_model_len": max_len}
+        return {
+            "id": settings.model_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "srlm",
+            "max_model_len": max_len,
+        }
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={401: ERRORS[401], 404: ERRORS[404]})
     async def model_card(model_id: str):
         if model_id != settings.model_name:
-            raise ApiError(404, f"The model '{model_id}' does not exist; this server serves '{settings.model_name}'",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"The model '{model_id}' does not exist; this server serves '{settings.model_name}'",
+                param="model",
+                code="model_not_found",
+            )
         return card()
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion,
-              responses={**ERRORS, 200: {"content": {"text/event-stream": {}},
-                                         "description": "a chat.completion, or with stream: true server-sent "
-                                                        "chat.completion.chunk events ending with data: [DONE]"}})
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses={
+            **ERRORS,
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "a chat.completion, or with stream: true server-sent "
+                "chat.completion.chunk events ending with data: [DONE]",
+            },
+        },
+    )
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         prep = prepare_chat(body)
         job, inbox = submit(prep, body.stream)
@@ -454,7 +561,9 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         n_choices = prep.n
         splitters = [ReasoningSplitter(prep.in_thought[0]) for _ in range(n_choices)]
         if body.stream:
-            return StreamingResponse(_stream_chat(job, inbox, rid, model, splitters, body), media_type="text/event-stream")
+            return StreamingResponse(
+                _stream_chat(job, inbox, rid, model, splitters, body), media_type="text/event-stream"
+            )
         reasoning, content = [""] * n_choices, [""] * n_choices
         logprobs = [[] for _ in range(n_choices)]
         finish = [None] * n_choices
@@ -477,12 +586,23 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
                     done = e
         if done is None:  # the client left
             return JSONResponse({}, status_code=499)
-        choices = [{"index": i, "message": {"role": "assistant", "content": content[i],
-                                            "reasoning_content": reasoning[i] or None},
-                    "logprobs": {"content": logprobs[i]} if body.logprobs else None, "finish_reason": finish[i]}
-                   for i in range(n_choices)]
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": usage(done)}
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": content[i], "reasoning_content": reasoning[i] or None},
+                "logprobs": {"content": logprobs[i]} if body.logprobs else None,
+                "finish_reason": finish[i],
+            }
+            for i in range(n_choices)
+        ]
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": usage(done),
+        }
 
     def sse(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
@@ -492,8 +612,13 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         now = int(time.time())
 
         def chunk(index, delta, finish_reason=None, logprobs=None):
-            c = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model,
-                 "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
+            c = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": now,
+                "model": model,
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+            }
             if include_usage:
                 c["usage"] = None
             return sse(c)
@@ -527,16 +652,32 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
                             lp = {"content": pending[e.choice]} if body.logprobs and pending[e.choice] else None
                             yield chunk(e.choice, {}, e.reason, logprobs=lp)
                     elif isinstance(e, Done) and include_usage:
-                        yield sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": model,
-                                   "choices": [], "usage": usage(e)})
+                        yield sse(
+                            {
+                                "id": rid,
+                                "object": "chat.completion.chunk",
+                                "created": now,
+                                "model": model,
+                                "choices": [],
+                                "usage": usage(e),
+                            }
+                        )
             yield "data: [DONE]\n\n"
         finally:
             sched.cancel(job)  # a no-op when it finished; frees its rows when the client left
 
-    @app.post("/v1/completions", response_model=Completion,
-              responses={**ERRORS, 200: {"content": {"text/event-stream": {}},
-                                         "description": "a text_completion, or with stream: true server-sent "
-                                                        "text_completion events ending with data: [DONE]"}})
+    @app.post(
+        "/v1/completions",
+        response_model=Completion,
+        responses={
+            **ERRORS,
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "a text_completion, or with stream: true server-sent "
+                "text_completion events ending with data: [DONE]",
+            },
+        },
+    )
     async def completions(body: CompletionRequest, request: Request):
         prep = prepare_completion(body)
         job, inbox = submit(prep, body.stream)
@@ -546,8 +687,10 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         if body.stream:
             return StreamingResponse(_stream_completion(job, inbox, rid, model, body), media_type="text/event-stream")
         texts = [""] * n_choices
-        lps = [{"tokens": [], "token_logprobs": [], "top_logprobs": [] if want_top else None, "text_offset": []}
-               for _ in range(n_choices)]
+        lps = [
+            {"tokens": [], "token_logprobs": [], "top_logprobs": [] if want_top else None, "text_offset": []}
+            for _ in range(n_choices)
+        ]
         offsets = [0] * n_choices
         finish = [None] * n_choices
         done = None
@@ -558,18 +701,32 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
                 if isinstance(e, Delta):
                     texts[e.choice] += e.text
                     if body.logprobs is not None:
-                        offsets[e.choice] = _legacy_logprobs(lps[e.choice], top_entries(e.tokens), offsets[e.choice],
-                                                             want_top)
+                        offsets[e.choice] = _legacy_logprobs(
+                            lps[e.choice], top_entries(e.tokens), offsets[e.choice], want_top
+                        )
                 elif isinstance(e, Finish):
                     finish[e.choice] = e.reason
                 elif isinstance(e, Done):
                     done = e
         if done is None:
             return JSONResponse({}, status_code=499)
-        choices = [{"index": i, "text": texts[i], "logprobs": lps[i] if body.logprobs is not None else None,
-                    "finish_reason": finish[i]} for i in range(n_choices)]
-        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-                "choices": choices, "usage": usage(done)}
+        choices = [
+            {
+                "index": i,
+                "text": texts[i],
+                "logprobs": lps[i] if body.logprobs is not None else None,
+                "finish_reason": finish[i],
+            }
+            for i in range(n_choices)
+        ]
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": usage(done),
+        }
 
     async def _stream_completion(job, inbox, rid, model, body):
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -578,8 +735,13 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
         offsets: dict[int, int] = {}
 
         def chunk(index, text, finish_reason=None, logprobs=None):
-            c = {"id": rid, "object": "text_completion", "created": now, "model": model,
-                 "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
+            c = {
+                "id": rid,
+                "object": "text_completion",
+                "created": now,
+                "model": model,
+                "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
+            }
             if include_usage:
                 c["usage"] = None
             return sse(c)
@@ -594,16 +756,29 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
                     if isinstance(e, Delta) and (e.text or body.logprobs is not None):
                         lp = None
                         if body.logprobs is not None:
-                            lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if want_top else None,
-                                  "text_offset": []}
-                            offsets[e.choice] = _legacy_logprobs(lp, top_entries(e.tokens), offsets.get(e.choice, 0),
-                                                                 want_top)
+                            lp = {
+                                "tokens": [],
+                                "token_logprobs": [],
+                                "top_logprobs": [] if want_top else None,
+                                "text_offset": [],
+                            }
+                            offsets[e.choice] = _legacy_logprobs(
+                                lp, top_entries(e.tokens), offsets.get(e.choice, 0), want_top
+                            )
                         yield chunk(e.choice, e.text, logprobs=lp)
                     elif isinstance(e, Finish):
                         yield chunk(e.choice, "", e.reason)
                     elif isinstance(e, Done) and include_usage:
-                        yield sse({"id": rid, "object": "text_completion", "created": now, "model": model,
-                                   "choices": [], "usage": usage(e)})
+                        yield sse(
+                            {
+                                "id": rid,
+                                "object": "text_completion",
+                                "created": now,
+                                "model": model,
+                                "choices": [],
+                                "usage": usage(e),
+                            }
+                        )
             yield "data: [DONE]\n\n"
         finally:
             sched.cancel(job)

@@ -21,8 +21,14 @@ INT64 = 2**63
 class ApiError(Exception):
     """A request the server refuses: HTTP status and OpenAI's error fields."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, type: str = "invalid_request_error",
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
 
@@ -100,8 +106,9 @@ class _Sampling(_Strict):
     top_k: int = Field(0, ge=-1, description="keep the k most likely tokens (0 or -1 = off)")
     min_p: float = Field(0.0, ge=0, lt=1, description="drop tokens below min_p x the most likely one")
     ignore_eos: bool = Field(False, description="do not stop on the end-of-sequence tokens")
-    thinking_budget: int | None = Field(None, ge=0, description="at most this many tokens inside "
-                                        "<think>...</think>, then </think> is forced")
+    thinking_budget: int | None = Field(
+        None, ge=0, description="at most this many tokens inside <think>...</think>, then </think> is forced"
+    )
 
 
 class ChatCompletionRequest(_Sampling):
@@ -111,8 +118,12 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
-Prompt = (Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)]
-          | Annotated[list[list[int]], Field(min_length=1)])
+Prompt = (
+    Text
+    | Annotated[list[Text], Field(min_length=1)]
+    | Annotated[list[int], Field(min_length=1)]
+    | Annotated[list[list[int]], Field(min_length=1)]
+)
 
 
 class CompletionRequest(_Sampling):

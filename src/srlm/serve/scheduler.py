@@ -82,8 +82,14 @@ class _Choice:
 
 
 class Scheduler:
-    def __init__(self, engine, max_batch: int = 16, max_len: int | None = None, max_waiting: int = 256,
-                 prefill_tokens: int = 4096):
+    def __init__(
+        self,
+        engine,
+        max_batch: int = 16,
+        max_len: int | None = None,
+        max_waiting: int = 256,
+        prefill_tokens: int = 4096,
+    ):
         """`prefill_tokens`: prompt tokens prefilled at most between two steps (at least one job is always
         admitted), so a burst of long prompts does not stall the rows already streaming."""
         self.engine = engine
@@ -137,8 +143,12 @@ class Scheduler:
 
     def stats(self) -> dict:
         with self._cv:
-            return {"running_rows": len(self._rows), "running_requests": len(self._running),
-                    "waiting_requests": len(self._waiting), "steps": self.steps}
+            return {
+                "running_rows": len(self._rows),
+                "running_requests": len(self._running),
+                "waiting_requests": len(self._waiting),
+                "steps": self.steps,
+            }
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:

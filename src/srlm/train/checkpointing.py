@@ -42,8 +42,20 @@ STATE = "training_state.pt"
 METRICS = "metrics.jsonl"
 
 # keys that may change between a run and its resumption
-RESUMABLE_CHANGES = {"steps", "save_every", "keep_last", "eval_every", "eval_tasks", "eval_limit", "log_every",
-                     "resume", "num_threads", "progress", "device", "out_dir"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "save_every",
+    "keep_last",
+    "eval_every",
+    "eval_tasks",
+    "eval_limit",
+    "log_every",
+    "resume",
+    "num_threads",
+    "progress",
+    "device",
+    "out_dir",
+}
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -58,13 +70,13 @@ def warn(message: str) -> None:
 
 # ----------------------------------------------------------------------------- listing
 
+
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
     """Complete checkpoints in `out_dir` (those with a manifest), oldest first."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in out.iterdir()
-             if (m := _CKPT.match(p.name)) and (p / MANIFEST).is_file()]
+    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)) and (p / MANIFEST).is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -73,6 +85,7 @@ def checkpoint_step(ckpt: Path) -> int:
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 def _crc32(path: Path) -> str:
     crc = 0
@@ -91,14 +104,24 @@ def file_manifest(folder: Path) -> dict[str, dict]:
     return out
 
 
-def write_checkpoint(path: Path, model, tokenizer, config_yaml: str, meta: dict, training_state: dict | None,
-                     write_extra: Callable[[Path], None] | None = None) -> Path:
+def write_checkpoint(
+    path: Path,
+    model,
+    tokenizer,
+    config_yaml: str,
+    meta: dict,
+    training_state: dict | None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
     """Write a checkpoint (or `final/` when `training_state` is None) atomically, its manifest last."""
     from srlm.model.checkpoint import write_folder
 
     previous = [c for c in list_checkpoints(path.parent) if c != path]
-    hint = (f"the newest checkpoint, {previous[-1].name}, is intact: make room, then resume (--resume)" if previous
-            else "make room (or choose another out_dir) and run again")
+    hint = (
+        f"the newest checkpoint, {previous[-1].name}, is intact: make room, then resume (--resume)"
+        if previous
+        else "make room (or choose another out_dir) and run again"
+    )
     with atomic_folder(path, no_space_hint=hint) as tmp:
         write_folder(model, tmp, tokenizer=tokenizer, extra_files={"train_config.yaml": config_yaml})
         if write_extra is not None:
@@ -118,13 +141,14 @@ def rotate(out_dir: Path, newest: Path, keep_last: int) -> list[Path]:
         return []
     step = checkpoint_step(newest)
     older = [c for c in list_checkpoints(out_dir) if checkpoint_step(c) < step]
-    doomed = older[:max(0, len(older) - (keep_last - 1))]
+    doomed = older[: max(0, len(older) - (keep_last - 1))]
     for c in doomed:
         shutil.rmtree(c, ignore_errors=True)
     return doomed
 
 
 # ----------------------------------------------------------------------------- verifying
+
 
 def read_manifest(ckpt: Path) -> dict:
     try:
@@ -168,8 +192,7 @@ def check_compatible(config: TrainConfig, ckpt: Path, stage_name: str, meta: dic
     import yaml
 
     if meta.get("stage") != stage_name:
-        raise SrlmError(f"{ckpt} was written by a {meta.get('stage')!r} run, not {stage_name!r}; "
-                        f"use a fresh out_dir")
+        raise SrlmError(f"{ckpt} was written by a {meta.get('stage')!r} run, not {stage_name!r}; use a fresh out_dir")
     try:
         saved = yaml.safe_load((ckpt / "train_config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
@@ -178,11 +201,14 @@ def check_compatible(config: TrainConfig, ckpt: Path, stage_name: str, meta: dic
     diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)]
     if diff:
         shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:5])
-        raise SrlmError(f"{ckpt} was made by another config ({shown}); resume with the same config "
-                        f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change) or use a fresh out_dir")
+        raise SrlmError(
+            f"{ckpt} was made by another config ({shown}); resume with the same config "
+            f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change) or use a fresh out_dir"
+        )
 
 
 # ----------------------------------------------------------------------------- choosing
+
 
 def resume_candidates(config: TrainConfig) -> tuple[list[Path], bool]:
     """(checkpoints to try, newest first; whether one was named explicitly) for `config.resume`."""
@@ -190,8 +216,10 @@ def resume_candidates(config: TrainConfig) -> tuple[list[Path], bool]:
     ckpts = list_checkpoints(config.out_dir)
     if r in (False, None, "false", "no"):
         if ckpts:
-            raise SrlmError(f"{config.out_dir} already has checkpoints (newest {ckpts[-1].name}); pass resume=true "
-                            f"(or --resume) to continue, or choose another out_dir")
+            raise SrlmError(
+                f"{config.out_dir} already has checkpoints (newest {ckpts[-1].name}); pass resume=true "
+                f"(or --resume) to continue, or choose another out_dir"
+            )
         return [], False
     if r in (True, "true", "auto", "yes"):
         if not ckpts and r != "auto":
@@ -220,8 +248,9 @@ def choose(candidates: list[Path], explicit: bool, load: Callable[[Path], object
             damaged.append((ckpt, str(e)))
     if damaged:
         listed = "; ".join(f"{c.name}: {why}" for c, why in damaged)
-        raise SrlmError(f"no intact checkpoint to resume from in {damaged[0][0].parent} ({listed}); move them "
-                        f"away to start afresh")
+        raise SrlmError(
+            f"no intact checkpoint to resume from in {damaged[0][0].parent} ({listed}); move them away to start afresh"
+        )
     return None, None, []
 
 
@@ -234,11 +263,14 @@ def set_aside(damaged: list[tuple[Path, str]], chosen: Path) -> None:
             n += 1
             aside = ckpt.with_name(f"{ckpt.name}.damaged-{n}")
         os.replace(ckpt, aside)
-        warn(f"{ckpt} is damaged ({why}); moved it to {aside.name} (delete it once you no longer need it) "
-             f"and resuming from {chosen.name}")
+        warn(
+            f"{ckpt} is damaged ({why}); moved it to {aside.name} (delete it once you no longer need it) "
+            f"and resuming from {chosen.name}"
+        )
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl
+
 
 def read_metrics(path: Path) -> tuple[list[str], list[dict], list[int], int]:
     """(raw lines, records, numbers of the unreadable lines, number of the last line) of a metrics log."""
@@ -273,8 +305,9 @@ def start_metrics(out_dir: Path, resume_step: int | None) -> list[dict]:
         while (aside := out_dir / f"metrics.previous-{n}.jsonl").exists():
             n += 1
         os.replace(path, aside)
-        print(f"srlm train: a fresh run starts a fresh {METRICS}; the old log is now {aside}", file=sys.stderr,
-              flush=True)
+        print(
+            f"srlm train: a fresh run starts a fresh {METRICS}; the old log is now {aside}", file=sys.stderr, flush=True
+        )
         return []
     raw, records, bad, last = read_metrics(path)
     if bad:
@@ -295,5 +328,6 @@ def append_metrics(path: Path, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
     except OSError as e:
         reason = "no space left on device" if disk_full(e) else e.strerror
-        raise SrlmError(f"{reason} while writing {path}; the checkpoints are intact: make room, then resume "
-                        f"with --resume") from None
+        raise SrlmError(
+            f"{reason} while writing {path}; the checkpoints are intact: make room, then resume with --resume"
+        ) from None

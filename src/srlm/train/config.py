@@ -179,8 +179,15 @@ def _field_default(cls, name: str):
     return None if f.default is dataclasses.MISSING else f.default
 
 
-def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = "", origins: dict[str, str] | None = None,
-           base=None):
+def _build(
+    cls,
+    data: dict,
+    source: str,
+    lines: dict[str, int],
+    prefix: str = "",
+    origins: dict[str, str] | None = None,
+    base=None,
+):
     """`cls` from `data`; a nested block starts from its field's default (`base`), so a YAML that sets one
     of its keys keeps the stage's defaults for the others."""
     origins = origins or {}
@@ -191,19 +198,35 @@ def _build(cls, data: dict, source: str, lines: dict[str, int], prefix: str = ""
         dotted = f"{prefix}{key}"
         where = _where(dotted, source, lines, origins)
         if key not in names:
-            nested = [n for n in names if dataclasses.is_dataclass(_strip_optional(hints[n])[0])
-                      and key in {f.name for f in dataclasses.fields(_strip_optional(hints[n])[0])}]
-            hint = (f" Did you mean {prefix}{nested[0]}.{key}?" if nested else
-                    did_you_mean(key, names, prefix=prefix, cutoff=0.5))
-            raise SrlmError(f"{where}: unknown {cls.__name__} key {dotted!r}.{hint} "
-                            f"Known keys: {', '.join(prefix + n for n in names)}")
+            nested = [
+                n
+                for n in names
+                if dataclasses.is_dataclass(_strip_optional(hints[n])[0])
+                and key in {f.name for f in dataclasses.fields(_strip_optional(hints[n])[0])}
+            ]
+            hint = (
+                f" Did you mean {prefix}{nested[0]}.{key}?"
+                if nested
+                else did_you_mean(key, names, prefix=prefix, cutoff=0.5)
+            )
+            raise SrlmError(
+                f"{where}: unknown {cls.__name__} key {dotted!r}.{hint} "
+                f"Known keys: {', '.join(prefix + n for n in names)}"
+            )
         tp = hints[key]
         inner, _ = _strip_optional(tp)
         if dataclasses.is_dataclass(inner) and isinstance(value, dict):
             default = _field_default(cls, key)
             try:
-                kwargs[key] = _build(inner, value, source, lines, prefix=f"{dotted}.", origins=origins,
-                                     base=default if isinstance(default, inner) else None)
+                kwargs[key] = _build(
+                    inner,
+                    value,
+                    source,
+                    lines,
+                    prefix=f"{dotted}.",
+                    origins=origins,
+                    base=default if isinstance(default, inner) else None,
+                )
             except SrlmError as e:
                 msg = str(e)
                 inner_where = _where(f"{dotted}.{next(iter(value), '')}", source, lines, origins)

@@ -36,14 +36,14 @@ import torch
 from srlm.errors import SrlmError
 from srlm.infer.sampling import SamplingParams
 from srlm.train.config import TrainConfig
-from srlm.train.lora import LoRAConfig
 from srlm.train.distributed import SamplingPolicy, world_and_rank
 from srlm.train.loop import train, uses_bf16
-from srlm.train.stage import Stage
-from srlm.train.sft import prepare  # the base model, with LoRA adapters when enabled
+from srlm.train.lora import LoRAConfig
 from srlm.train.losses import ADVANTAGE_SCALES, LOSS_TYPES, group_advantages, grpo_loss, token_logprobs
 from srlm.train.rewards import REWARDS, reward_correct, reward_format, score  # noqa: F401  (GRPO's rewards)
 from srlm.train.rollout import pad_rows, sample
+from srlm.train.sft import prepare  # the base model, with LoRA adapters when enabled
+from srlm.train.stage import Stage
 
 
 @dataclass
@@ -101,8 +101,10 @@ def _check(config: GRPOConfig, world: int = 1) -> None:
     if config.num_generations < 2:
         raise SrlmError(f"num_generations={config.num_generations}: GRPO compares completions within a group; use >= 2")
     if config.batch_size % config.num_generations:
-        raise SrlmError(f"batch_size={config.batch_size} (completions per step) must be a multiple of "
-                        f"num_generations={config.num_generations}")
+        raise SrlmError(
+            f"batch_size={config.batch_size} (completions per step) must be a multiple of "
+            f"num_generations={config.num_generations}"
+        )
     if config.num_iterations < 1:
         raise SrlmError(f"num_iterations={config.num_iterations} must be >= 1")
     unknown = [n for n in config.rewards if n not in REWARDS]
@@ -125,10 +127,13 @@ class GRPOStage(Stage):
         data = options.pop("data", None)
         self.task = get_task(config.task, **options)
         if self.task.kind != "generate":
-            raise SrlmError(f"task {config.task!r} is scored by log-likelihood; GRPO needs a task whose answers "
-                            f"are generated and verified")
-        self.examples = examples if examples is not None else self.task.load(split="train", data=data,
-                                                                                limit=config.num_prompts)
+            raise SrlmError(
+                f"task {config.task!r} is scored by log-likelihood; GRPO needs a task whose answers "
+                f"are generated and verified"
+            )
+        self.examples = (
+            examples if examples is not None else self.task.load(split="train", data=data, limit=config.num_prompts)
+        )
         if not self.examples:
             raise SrlmError(f"task {config.task!r} gave no training prompts")
         self.prompt_ids = [self._prompt(ex) for ex in self.examples]
@@ -146,7 +151,7 @@ class GRPOStage(Stage):
         self._last_opt_s = 0.0
 
     def _prompt(self, ex) -> list[int]:
-        msgs = ([{"role": "system", "content": self.config.system}] if self.config.system else [])
+        msgs = [{"role": "system", "content": self.config.system}] if self.config.system else []
         msgs.append({"role": "user", "content": ex.prompt})
         return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
 
@@ -179,8 +184,14 @@ class GRPOStage(Stage):
         n_gen, gen_rank = (1, 0) if cfg.fsdp else (world, rank)
         mine = idx[gen_rank::n_gen]
         policy = self.sampling_policy(model)
-        groups = sample(policy, self.tokenizer, [self.prompt_ids[i] for i in mine], sampling=cfg.sampling, n=G,
-                        seed=(cfg.seed * 100_003 + rollout) * n_gen + gen_rank)
+        groups = sample(
+            policy,
+            self.tokenizer,
+            [self.prompt_ids[i] for i in mine],
+            sampling=cfg.sampling,
+            n=G,
+            seed=(cfg.seed * 100_003 + rollout) * n_gen + gen_rank,
+        )
         if n_gen > 1:
             shares = [None] * n_gen
             dist.all_gather_object(shares, groups)
@@ -192,8 +203,9 @@ class GRPOStage(Stage):
         t1 = time.perf_counter()
         # correctness is always measured for the logs, weighted 0 when it is not a reward
         weights = {"correct": 0.0, **cfg.rewards}
-        rewards, per, counts = score([c.text or "" for c in comps], examples, self.task, weights,
-                                     cfg.verifier_timeout_s)
+        rewards, per, counts = score(
+            [c.text or "" for c in comps], examples, self.task, weights, cfg.verifier_timeout_s
+        )
         if world > 1:
             # a verifier's time limit can trip on one rank and not another: rank 0's scores count
             for t in (rewards, *per.values()):
@@ -217,10 +229,18 @@ class GRPOStage(Stage):
             dist.all_gather_object(fps, mine_fp)
             if any(fp != fps[0] for fp in fps):
                 raise RuntimeError(f"GRPO rollout {rollout}: the ranks' rollout buffers differ ({fps})")
-        buf = {"input_ids": ids, "mask": mask, "advantages": adv, "truncated": truncated, "rewards": rewards,
-               "prompt_len": torch.tensor([len(p) for p in prompts])}
+        buf = {
+            "input_ids": ids,
+            "mask": mask,
+            "advantages": adv,
+            "truncated": truncated,
+            "rewards": rewards,
+            "prompt_len": torch.tensor([len(p) for p in prompts]),
+        }
         if cfg.num_iterations > 1:  # rows whose advantage is 0 are never run (see `_informative`)
-            buf["old_logps"] = self._logps(policy, ids, mask, buf["prompt_len"], device, rows=(adv != 0) if cfg.beta == 0 else None)
+            buf["old_logps"] = self._logps(
+                policy, ids, mask, buf["prompt_len"], device, rows=(adv != 0) if cfg.beta == 0 else None
+            )
         if self.ref is not None:
             self.ref.to(device)
             buf["ref_logps"] = self._logps(self.ref, ids, mask, buf["prompt_len"], device)
@@ -251,7 +271,7 @@ class GRPOStage(Stage):
                 idx = torch.arange(ids.shape[0]) if rows is None else rows.nonzero().squeeze(1)
                 mb = max(1, self.config.batch_size // max(1, self.config.grad_accum))
                 for s in range(0, len(idx), mb):
-                    sel = idx[s:s + mb]
+                    sel = idx[s : s + mb]
                     x, m = ids[sel].to(device), mask[sel].to(device)
                     lp, _ = self._completion_logps(model, x, m, prompt_len[sel])
                     part = torch.zeros(m.shape, dtype=torch.float32)
@@ -281,11 +301,11 @@ class GRPOStage(Stage):
             e = r + 1  # rows r..e-1: the same prompt, one after another in the buffer
             while e < ids.shape[0] and plens[e] == p and torch.equal(ids_host[e, :p], ids_host[r, :p]):
                 e += 1
-            m = mask[r:e, p - 1:]
+            m = mask[r:e, p - 1 :]
             s = int(m.any(0).nonzero()[-1]) + 1 if bool(m.any()) else 1  # completion columns needed
-            h_pre, h_suf = model.shared_prefix_hidden_states(ids[r:r + 1, :p], ids[r:e, p:p + s])
+            h_pre, h_suf = model.shared_prefix_hidden_states(ids[r : r + 1, :p], ids[r:e, p : p + s])
             # position p - 1 (the prompt's last) predicts the first completion token, and so on
-            h = torch.cat([h_pre[:, -1:].expand(e - r, 1, -1), h_suf[:, :s - 1]], dim=1)
+            h = torch.cat([h_pre[:, -1:].expand(e - r, 1, -1), h_suf[:, : s - 1]], dim=1)
             hs.append(h[m[:, :s]])
             r = e
         return token_logprobs(torch.cat(hs), w, ids[:, 1:][mask], temp)
@@ -310,8 +330,11 @@ class GRPOStage(Stage):
             if buf is None:
                 raise RuntimeError("GRPO batches() read before before_step() made rollouts")
             sl = slice(j * micro_batch_size, (j + 1) * micro_batch_size)
-            batch = {key: buf[key][sl] for key in ("input_ids", "mask", "advantages", "truncated", "old_logps",
-                                                     "ref_logps", "prompt_len") if key in buf}
+            batch = {
+                key: buf[key][sl]
+                for key in ("input_ids", "mask", "advantages", "truncated", "old_logps", "ref_logps", "prompt_len")
+                if key in buf
+            }
             k += 1
             yield batch
 
@@ -346,8 +369,10 @@ class GRPOStage(Stage):
         cols = batch["mask"].any(0).nonzero()
         last = int(cols[-1]) + 1 if len(cols) else 1  # mask[:, t] marks token t + 1
         if last < batch["mask"].shape[1]:
-            batch = {k: (v[:, :last + 1] if k == "input_ids" else v[:, :last] if v.dim() == 2 else v)
-                     for k, v in batch.items()}
+            batch = {
+                k: (v[:, : last + 1] if k == "input_ids" else v[:, :last] if v.dim() == 2 else v)
+                for k, v in batch.items()
+            }
         return batch
 
     def loss(self, model, batch):
@@ -359,12 +384,25 @@ class GRPOStage(Stage):
         old = batch.get("old_logps")
         ref = batch.get("ref_logps")
         eps_hi = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
-        loss, stats = grpo_loss(logps, old, batch["advantages"], mask, ref_logps=ref, beta=cfg.beta,
-                                epsilon_low=cfg.epsilon, epsilon_high=eps_hi, loss_type=cfg.loss_type,
-                                max_len=cfg.sampling.max_new_tokens,
-                                truncated=batch["truncated"] if cfg.mask_truncated_completions else None)
-        stats = {**self.buffer["stats"], **stats, "entropy": float(ent.mean()) if ent.numel() else 0.0,
-                 "time_optimize_s": self._last_opt_s}
+        loss, stats = grpo_loss(
+            logps,
+            old,
+            batch["advantages"],
+            mask,
+            ref_logps=ref,
+            beta=cfg.beta,
+            epsilon_low=cfg.epsilon,
+            epsilon_high=eps_hi,
+            loss_type=cfg.loss_type,
+            max_len=cfg.sampling.max_new_tokens,
+            truncated=batch["truncated"] if cfg.mask_truncated_completions else None,
+        )
+        stats = {
+            **self.buffer["stats"],
+            **stats,
+            "entropy": float(ent.mean()) if ent.numel() else 0.0,
+            "time_optimize_s": self._last_opt_s,
+        }
         # loss * its own units is the sum over the kept rows; the skipped rows' terms are exactly 0
         return loss * self._units(batch), stats
 
@@ -390,11 +428,14 @@ def run(config: GRPOConfig, evaluate=None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # What `srlm run` asks of a stage module
 
+
 def recipe_config(config: dict, task: str, task_options: dict) -> dict:
     """A recipe stage's config with the recipe's task as its prompts (its training-set size aside)."""
     config.setdefault("task", task)
-    config["task_options"] = {**{k: v for k, v in task_options.items() if k != "n_train"},
-                              **(config.get("task_options") or {})}
+    config["task_options"] = {
+        **{k: v for k, v in task_options.items() if k != "n_train"},
+        **(config.get("task_options") or {}),
+    }
     return config
 
 

@@ -32,10 +32,10 @@ from srlm.data.io import write_text_atomic
 from srlm.errors import SrlmError
 from srlm.infer.sampling import SamplingParams
 from srlm.model.transformer import chunked_cross_entropy
-from srlm.train.losses import DISTILL_KINDS, distill_loss
-from srlm.train.sft import SFTConfig, SFTStage, prepare, recipe_config  # noqa: F401 (recipe_config: KD's too)
 from srlm.train.distributed import SamplingPolicy, is_main
 from srlm.train.loop import train
+from srlm.train.losses import DISTILL_KINDS, distill_loss
+from srlm.train.sft import SFTConfig, SFTStage, prepare, recipe_config  # noqa: F401 (recipe_config: KD's too)
 
 PROBE = "Tom has 12 apples. <think>\n12 + 30 = 42\n</think>\n\nThe answer is 42. Émilie's café, 3.5%!"
 
@@ -58,16 +58,18 @@ class KDConfig(SFTConfig):
     #: fraction of micro-batches whose divergence is taken on the student's own samples (GKD's lambda)
     on_policy: float = 0.0
     #: how the student's on-policy samples are drawn ({temperature, max_new_tokens, top_p, ...})
-    on_policy_sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=1.0,
-                                                                                     max_new_tokens=256))
+    on_policy_sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(temperature=1.0, max_new_tokens=256)
+    )
     # ---- sequence-level
     #: teacher samples per prompt
     samples_per_prompt: int = 4
     #: keep at most this many distinct correct samples per prompt
     keep_per_prompt: int = 1
     #: how the teacher's samples are drawn
-    teacher_sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.8,
-                                                                                   max_new_tokens=256))
+    teacher_sampling: SamplingParams = field(
+        default_factory=lambda: SamplingParams(temperature=0.8, max_new_tokens=256)
+    )
     #: prompts per generation call
     sample_batch: int = 16
     #: where the verified teacher samples go (default OUT_DIR/kd_data.jsonl); reused when the file exists
@@ -79,12 +81,16 @@ def check_same_tokenizer(student_tok, teacher_tok, teacher_path: str) -> None:
     s_vocab, t_vocab = student_tok.backend.get_vocab(), teacher_tok.backend.get_vocab()
     if s_vocab != t_vocab:
         diff = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))[:3]
-        raise SrlmError(f"teacher {teacher_path}: its tokenizer differs from the student's ({len(t_vocab)} vs "
-                        f"{len(s_vocab)} tokens; first differences {diff}); distillation needs the same "
-                        f"tokenizer: pick a teacher of the student's family or re-train the student's tokenizer")
+        raise SrlmError(
+            f"teacher {teacher_path}: its tokenizer differs from the student's ({len(t_vocab)} vs "
+            f"{len(s_vocab)} tokens; first differences {diff}); distillation needs the same "
+            f"tokenizer: pick a teacher of the student's family or re-train the student's tokenizer"
+        )
     if student_tok.encode(PROBE) != teacher_tok.encode(PROBE):
-        raise SrlmError(f"teacher {teacher_path}: the tokenizers have the same vocabulary but split the probe "
-                        f"string {PROBE!r} differently (other merges or pre-tokenizer); use the student's tokenizer")
+        raise SrlmError(
+            f"teacher {teacher_path}: the tokenizers have the same vocabulary but split the probe "
+            f"string {PROBE!r} differently (other merges or pre-tokenizer); use the student's tokenizer"
+        )
 
 
 def load_teacher(config: KDConfig, student_tok):
@@ -122,15 +128,18 @@ def generate_verified(config: KDConfig, teacher, tokenizer) -> tuple[list[list[d
         options = dict(config.data_options)
         data = options.pop("data", None)
         if Path(src).suffix in (".jsonl", ".json"):
-            raise SrlmError(f"sequence-level KD verifies samples with a task's verifier; data={src} is a file: "
-                            f"give a task name (e.g. gsm8k with data_options: {{data: {src}}})")
+            raise SrlmError(
+                f"sequence-level KD verifies samples with a task's verifier; data={src} is a file: "
+                f"give a task name (e.g. gsm8k with data_options: {{data: {src}}})"
+            )
         task = get_task(src, **options)
         examples = task.load(split="train", data=data, limit=config.data_limit)
         for s in range(0, len(examples), config.sample_batch):
-            part = examples[s:s + config.sample_batch]
+            part = examples[s : s + config.sample_batch]
             prompts = [tokenizer.apply_chat_template(_user(ex, config), add_generation_prompt=True) for ex in part]
-            groups = engine.generate(prompts, sampling=config.teacher_sampling, n=config.samples_per_prompt,
-                                     seed=config.seed * 7919 + s)
+            groups = engine.generate(
+                prompts, sampling=config.teacher_sampling, n=config.samples_per_prompt, seed=config.seed * 7919 + s
+            )
             for ex, group in zip(part, groups):
                 n_prompts += 1
                 kept: list[str] = []
@@ -143,17 +152,29 @@ def generate_verified(config: KDConfig, teacher, tokenizer) -> tuple[list[list[d
                         kept.append(text)
                 n_solved += bool(kept)
                 for text in kept:
-                    records.append({"id": ex.id, "source": src,
-                                    "messages": _user(ex, config) + [{"role": "assistant", "content": text}]})
-    stats = {"prompts": n_prompts, "samples": n_samples, "correct": n_correct, "kept": len(records),
-             "kept_fraction": n_correct / max(n_samples, 1), "solved_fraction": n_solved / max(n_prompts, 1),
-             "seconds": time.perf_counter() - t0}
+                    records.append(
+                        {
+                            "id": ex.id,
+                            "source": src,
+                            "messages": _user(ex, config) + [{"role": "assistant", "content": text}],
+                        }
+                    )
+    stats = {
+        "prompts": n_prompts,
+        "samples": n_samples,
+        "correct": n_correct,
+        "kept": len(records),
+        "kept_fraction": n_correct / max(n_samples, 1),
+        "solved_fraction": n_solved / max(n_prompts, 1),
+        "seconds": time.perf_counter() - t0,
+    }
     return [r["messages"] for r in records], {"records": records, **stats}
 
 
 def _user(ex, config: KDConfig) -> list[dict]:
-    return ([{"role": "system", "content": config.system}] if config.system else []) + \
-        [{"role": "user", "content": ex.prompt}]
+    return ([{"role": "system", "content": config.system}] if config.system else []) + [
+        {"role": "user", "content": ex.prompt}
+    ]
 
 
 def _generated_path(config: KDConfig) -> Path:
@@ -173,8 +194,10 @@ def sequence_data(config: KDConfig, tokenizer) -> tuple[list[list[dict]], dict]:
     teacher, _ = load_teacher(config, tokenizer)
     convs, stats = generate_verified(config, teacher, tokenizer)
     if not convs:
-        raise SrlmError(f"the teacher {config.teacher} solved none of {stats['prompts']} prompts "
-                        f"({stats['samples']} samples); train a stronger teacher or raise samples_per_prompt")
+        raise SrlmError(
+            f"the teacher {config.teacher} solved none of {stats['prompts']} prompts "
+            f"({stats['samples']} samples); train a stronger teacher or raise samples_per_prompt"
+        )
     records = stats.pop("records")
     if is_main():  # under torchrun every rank sampled the same set; one writes it
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +228,9 @@ class KDStage(SFTStage):
         self._micro = start
         for b in super().batches(start, micro_batch_size):
             # GKD's lambda: a pure function of the micro-batch index, so resume and DDP ranks agree
-            b["on_policy"] = bool(np.random.default_rng([self.config.seed, 17, self._micro]).random()
-                                  < self.config.on_policy)
+            b["on_policy"] = bool(
+                np.random.default_rng([self.config.seed, 17, self._micro]).random() < self.config.on_policy
+            )
             b["index"] = self._micro
             self._micro += 1
             yield b
@@ -220,8 +244,14 @@ class KDStage(SFTStage):
         ids, labels = batch["input_ids"], batch["labels"]
         starts = (labels != -100).int().argmax(1).tolist()  # first assistant token = end of the prompt
         prompts = [ids[r, :s].tolist() for r, s in enumerate(starts)]
-        groups = sample(self.sampling_policy(model), self.tokenizer, prompts, sampling=cfg.on_policy_sampling, n=1,
-                        seed=cfg.seed * 104729 + int(batch["index"]))
+        groups = sample(
+            self.sampling_policy(model),
+            self.tokenizer,
+            prompts,
+            sampling=cfg.on_policy_sampling,
+            n=1,
+            seed=cfg.seed * 104729 + int(batch["index"]),
+        )
         return pad_rows(prompts, [g[0].token_ids for g in groups], self.pad_id, device=ids.device)
 
     def _divergence(self, model, ids, mask):
@@ -232,8 +262,15 @@ class KDStage(SFTStage):
             t.to(ids.device)
         with torch.no_grad():
             h_t = t.hidden_states(ids)[:, :-1][mask]
-        return distill_loss(h_s, model.lm_head.weight, h_t, t.lm_head.weight, kind=cfg.divergence,
-                            beta=cfg.jsd_beta, temperature=cfg.temperature), h_s
+        return distill_loss(
+            h_s,
+            model.lm_head.weight,
+            h_t,
+            t.lm_head.weight,
+            kind=cfg.divergence,
+            beta=cfg.jsd_beta,
+            temperature=cfg.temperature,
+        ), h_s
 
     def loss(self, model, batch):
         cfg = self.config
@@ -271,12 +308,17 @@ def run(config: KDConfig, evaluate=None) -> dict:
     model, tokenizer = prepare(config)
     if config.mode == "sequence":
         convs, stats = sequence_data(config, tokenizer)
-        print(f"kd: {stats.get('kept', len(convs))} verified teacher samples "
-              f"(kept fraction {stats.get('kept_fraction', float('nan')):.3f}) -> {_generated_path(config)}")
+        print(
+            f"kd: {stats.get('kept', len(convs))} verified teacher samples "
+            f"(kept fraction {stats.get('kept_fraction', float('nan')):.3f}) -> {_generated_path(config)}"
+        )
         stage = SFTStage(config, tokenizer, conversations=convs)
         result = train(config, model, tokenizer, stage, evaluate=evaluate, stage_name="kd")
-        return {**result, "kd_data": str(_generated_path(config)),
-                **{f"kd_{k}": v for k, v in stats.items() if isinstance(v, (int, float))}}
+        return {
+            **result,
+            "kd_data": str(_generated_path(config)),
+            **{f"kd_{k}": v for k, v in stats.items() if isinstance(v, (int, float))},
+        }
     teacher, _ = load_teacher(config, tokenizer)
     stage = KDStage(config, tokenizer, teacher, model=model)
     return train(config, model, tokenizer, stage, evaluate=evaluate, stage_name="kd")
@@ -285,10 +327,14 @@ def run(config: KDConfig, evaluate=None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # What `srlm run` asks of a stage module (KD trains on the SFT data)
 
+
 def report_notes(result: dict, out_dir: Path) -> dict:
     """Sequence-level KD's verified-sample counts, for the run's report."""
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
-            if k in ("kd_kept", "kd_kept_fraction", "kd_solved_fraction")}
+    return {
+        k: (round(v, 3) if isinstance(v, float) else v)
+        for k, v in result.items()
+        if k in ("kd_kept", "kd_kept_fraction", "kd_solved_fraction")
+    }
 
 
 Config = KDConfig

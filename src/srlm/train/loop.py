@@ -46,11 +46,11 @@ from srlm.train import checkpointing as ckpt_io
 from srlm.train.checkpointing import RESUMABLE_CHANGES, DamagedCheckpoint, list_checkpoints  # noqa: F401 (re-exported)
 from srlm.train.config import TrainConfig, check_limits, to_yaml
 from srlm.train.distributed import ProcessGroup, device_for, wrap
-from srlm.train.stage import Stage
 from srlm.train.lora import LoRALinear, lora_state_dict, merged_model, save_adapter
-
+from srlm.train.stage import Stage
 
 # ----------------------------------------------------------------------------- model / tokenizer
+
 
 def build_model(config: TrainConfig, need_tokenizer: bool = True):
     """(model in fp32 on CPU, tokenizer) from `config.model` / `init_from` / `tokenizer`.
@@ -61,8 +61,11 @@ def build_model(config: TrainConfig, need_tokenizer: bool = True):
     """
     from srlm.model import load_model, load_tokenizer, preset
 
-    source = (_checkpoint(config.init_from, config.revision, "init_from") if config.init_from
-              else _checkpoint(config.model, config.revision, "model"))
+    source = (
+        _checkpoint(config.init_from, config.revision, "init_from")
+        if config.init_from
+        else _checkpoint(config.model, config.revision, "model")
+    )
     tokenizer = None
     if config.tokenizer:
         tokenizer = load_tokenizer(config.tokenizer)
@@ -71,25 +74,35 @@ def build_model(config: TrainConfig, need_tokenizer: bool = True):
     elif source is not None:
         tokenizer = load_tokenizer(source)
     if tokenizer is None and need_tokenizer:
-        raise SrlmError(f"no tokenizer: model={config.model!r} is a preset (or its folder has no tokenizer.json); "
-                        f"pass tokenizer=FOLDER (train one with `srlm tokenizer train`)")
+        raise SrlmError(
+            f"no tokenizer: model={config.model!r} is a preset (or its folder has no tokenizer.json); "
+            f"pass tokenizer=FOLDER (train one with `srlm tokenizer train`)"
+        )
     if source is not None:
         if config.model_overrides:
-            raise SrlmError(f"model_overrides={config.model_overrides} reshapes a preset, but the model comes from "
-                            f"the checkpoint folder {source}; drop model_overrides or start from a preset")
+            raise SrlmError(
+                f"model_overrides={config.model_overrides} reshapes a preset, but the model comes from "
+                f"the checkpoint folder {source}; drop model_overrides or start from a preset"
+            )
         model = load_model(source, dtype="float32")
     else:
         overrides = {}
         if tokenizer is not None:
-            overrides = dict(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id,
-                             bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+            overrides = dict(
+                vocab_size=tokenizer.vocab_size,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         torch.manual_seed(config.seed)
         from srlm.model import CausalLM
 
         model = CausalLM(preset(config.model, **{**overrides, **config.model_overrides}))
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
-        raise SrlmError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
-                        f"{model.config.vocab_size}; use the tokenizer the model was trained with")
+        raise SrlmError(
+            f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+            f"{model.config.vocab_size}; use the tokenizer the model was trained with"
+        )
     return model, tokenizer
 
 
@@ -115,6 +128,7 @@ def export_model(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- schedule / optimizer
+
 
 def lr_at(config: TrainConfig, step: int) -> float:
     """Learning rate for optimizer step `step` (0-based)."""
@@ -164,16 +178,26 @@ def _validate_config(config: TrainConfig, world: int) -> int:
         raise SrlmError("batch_size and grad_accum must be positive")
     per = config.grad_accum * world
     if config.batch_size % per:
-        raise SrlmError(f"batch_size={config.batch_size} must be a multiple of grad_accum x world size "
-                        f"= {config.grad_accum} x {world}")
+        raise SrlmError(
+            f"batch_size={config.batch_size} must be a multiple of grad_accum x world size "
+            f"= {config.grad_accum} x {world}"
+        )
     return config.batch_size // per
 
 
 # ----------------------------------------------------------------------------- the loop
 
+
 class Trainer:
-    def __init__(self, config: TrainConfig, model: nn.Module, tokenizer, stage: Stage, evaluate: Callable | None = None,
-                 stage_name: str | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        tokenizer,
+        stage: Stage,
+        evaluate: Callable | None = None,
+        stage_name: str | None = None,
+    ):
         self.config, self.model, self.tokenizer, self.stage, self.evaluate = config, model, tokenizer, stage, evaluate
         self.stage_name = stage_name or getattr(stage, "name", type(stage).__name__)
         self.dist = ProcessGroup()
@@ -191,16 +215,32 @@ class Trainer:
             training_state = None
             if not final:
                 stage_state = self.stage.state_dict()
-                training_state = {"optimizer": optim_state, "stage": stage_state,
-                                  "lora": lora_state_dict(state_model) if self.lora else {}}
+                training_state = {
+                    "optimizer": optim_state,
+                    "stage": stage_state,
+                    "lora": lora_state_dict(state_model) if self.lora else {},
+                }
             adapter = None
             if self.lora is not None:
+
                 def adapter(folder):
-                    save_adapter(state_model, self.lora, folder / "adapter",
-                                 base_model=self.config.init_from or self.config.model)
+                    save_adapter(
+                        state_model,
+                        self.lora,
+                        folder / "adapter",
+                        base_model=self.config.init_from or self.config.model,
+                    )
+
             meta = {"stage": self.stage_name, "step": step, "data_position": position, "world_size": self.dist.world}
-            ckpt_io.write_checkpoint(path, export_model(state_model), self.tokenizer, to_yaml(self.config), meta,
-                                     training_state, write_extra=adapter)
+            ckpt_io.write_checkpoint(
+                path,
+                export_model(state_model),
+                self.tokenizer,
+                to_yaml(self.config),
+                meta,
+                training_state,
+                write_extra=adapter,
+            )
             if not final:
                 ckpt_io.rotate(self.out, path, self.config.keep_last)
         self.dist.barrier()
@@ -210,6 +250,7 @@ class Trainer:
         if not self.config.fsdp or self.wrapped is None:
             return self.model
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         from srlm.model import CausalLM
 
         sd = get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -229,8 +270,9 @@ class Trainer:
             return self.optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self.wrapped, self.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            self.wrapped, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
 
     def _load(self, ckpt: Path) -> tuple[int, int]:
         """Load `ckpt` into the model (and stage); `DamagedCheckpoint` when its files are not what it recorded."""
@@ -243,7 +285,9 @@ class Trainer:
         if self.lora is not None:
             missing = set(lora_state_dict(self.model)) - set(state["lora"])
             if missing:
-                raise SrlmError(f"{ckpt}: training_state.pt lacks LoRA weights {sorted(missing)[:2]}; not a LoRA run of this config")
+                raise SrlmError(
+                    f"{ckpt}: training_state.pt lacks LoRA weights {sorted(missing)[:2]}; not a LoRA run of this config"
+                )
             self.model.load_state_dict(state["lora"], strict=False)
         else:
             from srlm.model import load_model
@@ -267,7 +311,9 @@ class Trainer:
         if damaged and self.dist.main:
             ckpt_io.set_aside(damaged, ckpt)
         if self.dist.main and ckpt.parent.resolve() == self.out.resolve():
-            ckpt_io.rotate(self.out, ckpt, self.config.keep_last)  # a kill may have come between a save and its rotation
+            ckpt_io.rotate(
+                self.out, ckpt, self.config.keep_last
+            )  # a kill may have come between a save and its rotation
         step, position = loaded
         return ckpt, step, position
 
@@ -316,8 +362,11 @@ class Trainer:
         if step == cfg.steps:
             # killed after the last checkpoint, before (or while) writing final/: only final/ is missing
             if dist.main:
-                print(f"srlm train: {ckpt.name} is at the last step ({step}); writing {self.out / 'final'}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"srlm train: {ckpt.name} is at the last step ({step}); writing {self.out / 'final'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.wrapped = None  # every rank holds the whole model, loaded from the checkpoint
             final = self._save(step, position, final=True)
             return {**_last_logged(logged, step), "step": step, "final": str(final)}
@@ -326,8 +375,13 @@ class Trainer:
 
         batches = self.stage.batches(position, micro)
         per_step = cfg.grad_accum * dist.world
-        bar = Progress(cfg.steps, desc=self.out.name or self.stage_name, initial=step, enabled=dist.main and cfg.progress,
-                       every=cfg.log_every * max(1, -(-(cfg.steps - step) // (20 * cfg.log_every))))
+        bar = Progress(
+            cfg.steps,
+            desc=self.out.name or self.stage_name,
+            initial=step,
+            enabled=dist.main and cfg.progress,
+            every=cfg.log_every * max(1, -(-(cfg.steps - step) // (20 * cfg.log_every))),
+        )
         window = _Window()
         last: dict[str, Any] = {}
         while step < cfg.steps:
@@ -355,8 +409,11 @@ class Trainer:
         micro = _validate_config(cfg, dist.world)
         self.bf16 = uses_bf16(cfg, self.device)
         if cfg.dtype in ("bf16", "bfloat16") and not fast_bf16(self.device) and dist.main:
-            print("srlm train: warning: this CPU has no fast bf16 (no AVX-512-BF16/AMX); bf16 autocast will be "
-                  "far slower than dtype=fp32", flush=True)
+            print(
+                "srlm train: warning: this CPU has no fast bf16 (no AVX-512-BF16/AMX); bf16 autocast will be "
+                "far slower than dtype=fp32",
+                flush=True,
+            )
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         self.tb = None
@@ -385,8 +442,9 @@ class Trainer:
             if fsdp:
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-                set_optimizer_state_dict(self.wrapped, self.optimizer, self._optim_load,
-                                         options=StateDictOptions(full_state_dict=True))
+                set_optimizer_state_dict(
+                    self.wrapped, self.optimizer, self._optim_load, options=StateDictOptions(full_state_dict=True)
+                )
             else:
                 self.optimizer.load_state_dict(self._optim_load)
             self._optim_load = None
@@ -399,8 +457,9 @@ class Trainer:
         try:
             return next(batches)
         except StopIteration:
-            raise SrlmError(f"stage {self.stage_name!r} ran out of data at micro-batch {index}; "
-                            f"its batches() must be endless") from None
+            raise SrlmError(
+                f"stage {self.stage_name!r} ran out of data at micro-batch {index}; its batches() must be endless"
+            ) from None
 
     def _step(self, model: nn.Module, step: int, batches, position: int, window: "_Window") -> float:
         """Optimizer step `step` over the next global group of micro-batches (this rank runs its share,
@@ -414,7 +473,7 @@ class Trainer:
         group = [self._next(batches, position + i) for i in range(cfg.grad_accum * dist.world)]
         total = sum(self.stage.weight(b) for b in group)
         scale = dist.world / max(total, 1e-8)
-        mine = group[dist.rank * cfg.grad_accum:(dist.rank + 1) * cfg.grad_accum]
+        mine = group[dist.rank * cfg.grad_accum : (dist.rank + 1) * cfg.grad_accum]
         step_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(mine):
             batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -464,8 +523,10 @@ class Trainer:
             return {}
         self._log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
         if self.dist.main:
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                  for k, v in metrics.items()))
+            bar.write(
+                f"step {step}: "
+                + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+            )
         return {f"eval/{k}": v for k, v in metrics.items()}
 
 
@@ -493,7 +554,13 @@ def _last_logged(records: list[dict], step: int) -> dict:
     return out
 
 
-def train(config: TrainConfig, model: nn.Module, tokenizer, stage: Stage, evaluate: Callable | None = None,
-          stage_name: str | None = None) -> dict:
+def train(
+    config: TrainConfig,
+    model: nn.Module,
+    tokenizer,
+    stage: Stage,
+    evaluate: Callable | None = None,
+    stage_name: str | None = None,
+) -> dict:
     """Run the loop; returns the last logged metrics plus `final` (the saved model folder)."""
     return Trainer(config, model, tokenizer, stage, evaluate, stage_name).run()

@@ -83,14 +83,19 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
         p.requires_grad_(False)
     names = []
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) and name.split(".")[-1] in config.target_modules:
+        if (
+            isinstance(module, nn.Linear)
+            and not isinstance(module, LoRALinear)
+            and name.split(".")[-1] in config.target_modules
+        ):
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             setattr(parent, name.rsplit(".", 1)[-1], LoRALinear(module, config.rank, config.alpha, config.dropout))
             names.append(name)
     if not names:
         known = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise SrlmError(f"lora.target_modules {config.target_modules} match no linear layer; "
-                        f"the model has: {', '.join(known)}")
+        raise SrlmError(
+            f"lora.target_modules {config.target_modules} match no linear layer; the model has: {', '.join(known)}"
+        )
     model.lora_config = config  # the loop saves the adapter (and merges) when this is set
     return names
 

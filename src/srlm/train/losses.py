@@ -68,8 +68,13 @@ def _logp_chunk(h, targets, weight, temperature: float):
     return logp, entropy
 
 
-def token_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(targets), entropy) per row of `h` (N, hidden) under logits `h @ weight.T / temperature`.
 
     Float32 results of shape (N,). The entropy is returned for logging; it carries no gradient
@@ -80,8 +85,9 @@ def token_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     if n == 0:
         z = h.sum(-1).float() * 0.0
         return z, z.detach()
-    outs = over_row_chunks(_logp_chunk, (h, targets), (weight, temperature),
-                           chunk_size or logit_chunk_rows(weight.shape[0]))
+    outs = over_row_chunks(
+        _logp_chunk, (h, targets), (weight, temperature), chunk_size or logit_chunk_rows(weight.shape[0])
+    )
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]).detach()
 
 
@@ -118,9 +124,16 @@ def _distill_chunk(h_s, h_t, w_s, w_t, kind: str, beta: float, temperature: floa
     return _divergence(s_logp, t_logp, kind, beta).sum()
 
 
-def distill_loss(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: torch.Tensor, w_teacher: torch.Tensor,
-                 kind: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
-                 chunk_size: int | None = None) -> torch.Tensor:
+def distill_loss(
+    h_student: torch.Tensor,
+    w_student: torch.Tensor,
+    h_teacher: torch.Tensor,
+    w_teacher: torch.Tensor,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """Sum over rows of the divergence between teacher and student next-token distributions.
 
     `h_student` (N, Hs) and `h_teacher` (N, Ht) are final hidden states at the same N token
@@ -144,9 +157,13 @@ def distill_loss(h_student: torch.Tensor, w_student: torch.Tensor, h_teacher: to
     h_teacher = h_teacher.detach()
     w_teacher = w_teacher.detach()
     # two vocabularies' logits per row (student and teacher)
-    parts = over_row_chunks(_distill_chunk, (h_student, h_teacher), (w_student, w_teacher, kind, beta, temperature),
-                            chunk_size or logit_chunk_rows(w_student.shape[0] + w_teacher.shape[0]))
-    return sum(parts[1:], parts[0]) * (temperature ** 2)
+    parts = over_row_chunks(
+        _distill_chunk,
+        (h_student, h_teacher),
+        (w_student, w_teacher, kind, beta, temperature),
+        chunk_size or logit_chunk_rows(w_student.shape[0] + w_teacher.shape[0]),
+    )
+    return sum(parts[1:], parts[0]) * (temperature**2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,10 +189,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     return adv.view(-1)
 
 
-def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
-              ref_logps: torch.Tensor | None = None, beta: float = 0.0, epsilon_low: float = 0.2,
-              epsilon_high: float = 0.2, loss_type: str = "grpo", max_len: int | None = None,
-              truncated: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logps: torch.Tensor | None = None,
+    beta: float = 0.0,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    loss_type: str = "grpo",
+    max_len: int | None = None,
+    truncated: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO's clipped surrogate loss over completion tokens.
 
     logps      (B, T) log-probs of the sampled tokens under the policy being trained (with grad).

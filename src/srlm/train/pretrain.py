@@ -59,14 +59,16 @@ class PretrainStage(Stage):
         n_val = int(round(len(documents) * config.val_fraction))
         if config.val_fraction > 0 and n_val == 0 and len(documents) > 1:
             n_val = 1
-        train_docs, val_docs = documents[:len(documents) - n_val], documents[len(documents) - n_val:]
+        train_docs, val_docs = documents[: len(documents) - n_val], documents[len(documents) - n_val :]
         self.config = config
         self.L = config.max_seq_len
         self.train_ids = self._stream(tokenizer, train_docs, eos)
         self.rows = len(self.train_ids) // self.L
         if self.rows == 0:
-            raise SrlmError(f"pretrain: only {len(self.train_ids)} training tokens, fewer than one row of "
-                            f"max_seq_len={self.L}; add data or lower max_seq_len")
+            raise SrlmError(
+                f"pretrain: only {len(self.train_ids)} training tokens, fewer than one row of "
+                f"max_seq_len={self.L}; add data or lower max_seq_len"
+            )
         self.val_ids = self._stream(tokenizer, val_docs, eos) if val_docs else None
         self.val_bytes = sum(len(d.encode("utf-8")) + 1 for d in val_docs)  # +1: the separator
 
@@ -112,8 +114,8 @@ class PretrainStage(Stage):
         ids, labels = ids.view(n_rows, L), labels.view(n_rows, L)
         total, count = 0.0, 0
         for s in range(0, n_rows, 8):
-            total += float(model.loss(ids[s:s + 8].to(device), labels[s:s + 8].to(device), reduction="sum"))
-            count += int((labels[s:s + 8, 1:] != -100).sum())
+            total += float(model.loss(ids[s : s + 8].to(device), labels[s : s + 8].to(device), reduction="sum"))
+            count += int((labels[s : s + 8, 1:] != -100).sum())
         loss = total / max(count, 1)
         tokens_per_byte = n / max(self.val_bytes, 1)
         return {"val_loss": loss, "val_bpb": loss * tokens_per_byte / math.log(2)}
@@ -127,6 +129,7 @@ def run(config: PretrainConfig, evaluate=None) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # What `srlm run` asks of a stage module
+
 
 def recipe_config(config: dict, task: str, task_options: dict) -> dict:
     """Pretraining reads its own text files (`data`); the recipe's task does not apply."""

@@ -31,8 +31,14 @@ def reward_format(text: str, example, task) -> float:
 REWARDS: dict[str, Callable[[str, Any, Any], float]] = {"correct": reward_correct, "format": reward_format}
 
 
-def score(texts: list[str], examples: list, task, rewards: dict[str, float], timeout_s: float = 5.0,
-          functions: dict[str, Callable] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
+def score(
+    texts: list[str],
+    examples: list,
+    task,
+    rewards: dict[str, float],
+    timeout_s: float = 5.0,
+    functions: dict[str, Callable] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
     """(weighted reward per completion, each named reward per completion, {errors, timeouts})."""
     functions = functions or REWARDS
     per: dict[str, torch.Tensor] = {}

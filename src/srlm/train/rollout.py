@@ -31,11 +31,12 @@ def sample(policy, tokenizer, prompts: list[list[int]], **generate_kwargs) -> li
         policy.train(was_training)
 
 
-def pad_rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
-             device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(
+    prompts: list[list[int]], completions: list[list[int]], pad_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [R, L], mask [R, L - 1]) for prompt + completion rows; see the module docstring."""
     ids = pad_right([list(p) + list(c) for p, c in zip(prompts, completions)], pad_id)
     mask = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
     for r, (p, c) in enumerate(zip(prompts, completions)):
-        mask[r, len(p) - 1:len(p) + len(c) - 1] = True
+        mask[r, len(p) - 1 : len(p) + len(c) - 1] = True
     return (ids, mask) if device is None else (ids.to(device), mask.to(device))

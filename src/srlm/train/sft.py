@@ -29,8 +29,8 @@ import torch
 from srlm.data.collate import pad_right
 from srlm.errors import SrlmError
 from srlm.train.config import TrainConfig
-from srlm.train.lora import LoRAConfig, apply_lora
 from srlm.train.loop import build_model, train
+from srlm.train.lora import LoRAConfig, apply_lora
 from srlm.train.stage import Stage
 
 
@@ -66,8 +66,22 @@ def _source_key(tokenizer, source: str, config: SFTConfig) -> str:
     h = hashlib.sha1(tokenizer.backend.to_str().encode())
     files = [Path(p) for p in (source, config.data_options.get("data")) if isinstance(p, str)]
     stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]  # edited files miss
-    h.update(json.dumps([tokenizer.chat_template, tokenizer.special_tokens, source, stamps, config.data_options,
-                         config.think, config.system, config.data_limit], sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            [
+                tokenizer.chat_template,
+                tokenizer.special_tokens,
+                source,
+                stamps,
+                config.data_options,
+                config.think,
+                config.system,
+                config.data_limit,
+            ],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     return h.hexdigest()
 
 
@@ -77,16 +91,22 @@ def tokenized_source(tokenizer, source: str, config: SFTConfig) -> list[tuple[li
 
     key = _source_key(tokenizer, source, config)
     if key not in _TOKENIZED:
-        convs = load_conversations(source, config.data_options, think=config.think, system=config.system,
-                                   limit=config.data_limit)
+        convs = load_conversations(
+            source, config.data_options, think=config.think, system=config.system, limit=config.data_limit
+        )
         while len(_TOKENIZED) >= _TOKENIZED_KEEP:
             _TOKENIZED.pop(next(iter(_TOKENIZED)))
         from srlm.progress import Progress
         from srlm.train.distributed import is_main
 
         out = []
-        with Progress(len(convs), desc=f"{Path(config.out_dir).name}: tokenizing {source}", unit="conv",
-                      enabled=config.progress and is_main() and len(convs) >= 1000, every=max(1, len(convs) // 4)) as bar:
+        with Progress(
+            len(convs),
+            desc=f"{Path(config.out_dir).name}: tokenizing {source}",
+            unit="conv",
+            enabled=config.progress and is_main() and len(convs) >= 1000,
+            every=max(1, len(convs) // 4),
+        ) as bar:
             for k, msgs in enumerate(convs):
                 out.append(tokenize_conversation(tokenizer, msgs, where=f"{source} #{k}"))
                 bar.update(1)
@@ -107,20 +127,24 @@ class SFTStage(Stage):
         if conversations is None:
             tokenized = [pair for src in config.data for pair in tokenized_source(tokenizer, src, config)]
         else:
-            tokenized = [tokenize_conversation(tokenizer, msgs, where=f"conversation #{k}")
-                         for k, msgs in enumerate(conversations)]
+            tokenized = [
+                tokenize_conversation(tokenizer, msgs, where=f"conversation #{k}")
+                for k, msgs in enumerate(conversations)
+            ]
         seqs, truncated, empty = [], 0, 0
         for ids, labels in tokenized:
             if len(ids) > config.max_seq_len:
                 truncated += 1
-                ids, labels = ids[:config.max_seq_len], labels[:config.max_seq_len]
+                ids, labels = ids[: config.max_seq_len], labels[: config.max_seq_len]
             if not any(x != -100 for x in labels[1:]):
                 empty += 1
                 continue
             seqs.append((torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)))
         if not seqs:
-            raise SrlmError(f"SFT data {config.data} gave no trainable conversation ({len(tokenized)} read, "
-                            f"{empty} with no assistant tokens within max_seq_len={config.max_seq_len})")
+            raise SrlmError(
+                f"SFT data {config.data} gave no trainable conversation ({len(tokenized)} read, "
+                f"{empty} with no assistant tokens within max_seq_len={config.max_seq_len})"
+            )
         self.truncated, self.dropped = truncated, empty
         order = np.random.default_rng(config.seed).permutation(len(seqs))
         n_val = min(config.val_size, len(seqs) - 1)
@@ -134,8 +158,8 @@ class SFTStage(Stage):
         w = self.config.bucket_window
         if w and w > 1:
             for s in range(0, len(perm), w):
-                chunk = perm[s:s + w]
-                perm[s:s + w] = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                chunk = perm[s : s + w]
+                perm[s : s + w] = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
         return perm
 
     def _collate(self, idx: list[int]) -> dict:
@@ -154,7 +178,7 @@ class SFTStage(Stage):
                 if e != epoch:
                     epoch, cached = e, self._order(e)
                 take = min(micro_batch_size - len(idx), n - off)
-                idx += cached[off:off + take].tolist()
+                idx += cached[off : off + take].tolist()
                 pos += take
             yield self._collate(idx)
 
@@ -168,7 +192,7 @@ class SFTStage(Stage):
         total, count = 0.0, 0
         bs = max(1, self.config.batch_size)
         for s in range(0, len(self.val), bs):
-            part = self.val[s:s + bs]
+            part = self.val[s : s + bs]
             ids, labels = pad_right([a for a, _ in part], self.pad_id), pad_right([b for _, b in part], -100)
             total += float(model.loss(ids.to(device), labels.to(device), reduction="sum"))
             count += int((labels[:, 1:] != -100).sum())
@@ -191,6 +215,7 @@ def run(config: SFTConfig, evaluate=None) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # What `srlm run` asks of a stage module
+
 
 def recipe_config(config: dict, task: str, task_options: dict) -> dict:
     """A recipe stage's config with the recipe's task as its training data (unless the stage names its own)."""

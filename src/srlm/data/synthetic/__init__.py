@@ -31,9 +31,20 @@ from __future__ import annotations
 
 from srlm.data.answers import extract_number, numbers_equal, parse_number
 from srlm.data.synthetic.base import (
-    REGISTRY, TEST_PER_MILLE, Family, SyntheticTask, corpus_lines, family_options, generate_problems, load_jsonl,
-    problem_hash, register_family, save_jsonl, split_of,
+    REGISTRY,
+    TEST_PER_MILLE,
+    Family,
+    SyntheticTask,
+    corpus_lines,
+    family_options,
+    generate_problems,
+    load_jsonl,
+    problem_hash,
+    register_family,
+    save_jsonl,
+    split_of,
 )
+
 from srlm.data.synthetic.gsm import ITEMS, NAMES, SynthGSM  # isort: skip  (the registration order is the families')
 from srlm.data.synthetic.countdown import SynthCountdown, check_countdown, countdown_value, extract_expression  # isort: skip
 from srlm.data.synthetic.arith import SynthArith, add_steps, calc_steps, mul_digit_steps, mul_steps, sub_steps  # isort: skip
@@ -42,9 +53,33 @@ from srlm.data.synthetic.arith import SynthArith, add_steps, calc_steps, mul_dig
 FAMILIES = tuple(REGISTRY)
 
 __all__ = [
-    "FAMILIES", "ITEMS", "NAMES", "REGISTRY", "TEST_PER_MILLE", "Family", "SynthArith", "SynthCountdown", "SynthGSM",
-    "SyntheticTask", "add_steps", "calc_steps", "check_countdown", "corpus_lines", "countdown_value",
-    "extract_expression", "extract_number", "family_options", "generate_problems", "load_jsonl", "mul_digit_steps",
-    "mul_steps", "numbers_equal", "parse_number", "problem_hash", "register_family", "save_jsonl", "split_of",
+    "FAMILIES",
+    "ITEMS",
+    "NAMES",
+    "REGISTRY",
+    "TEST_PER_MILLE",
+    "Family",
+    "SynthArith",
+    "SynthCountdown",
+    "SynthGSM",
+    "SyntheticTask",
+    "add_steps",
+    "calc_steps",
+    "check_countdown",
+    "corpus_lines",
+    "countdown_value",
+    "extract_expression",
+    "extract_number",
+    "family_options",
+    "generate_problems",
+    "load_jsonl",
+    "mul_digit_steps",
+    "mul_steps",
+    "numbers_equal",
+    "parse_number",
+    "problem_hash",
+    "register_family",
+    "save_jsonl",
+    "split_of",
     "sub_steps",
 ]

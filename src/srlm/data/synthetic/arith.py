@@ -10,6 +10,7 @@ from srlm.data.synthetic.base import Family, SyntheticTask, register_family
 from srlm.data.tasks import register
 from srlm.errors import SrlmError
 
+
 def add_steps(a: int, b: int) -> list[str]:
     """Digit-by-digit addition from the right, one line per column: 'x + y + carry = s, digit, carry'."""
     if a < 10 and b < 10:
@@ -102,8 +103,15 @@ def _check(o: dict[str, Any]) -> None:
         raise SrlmError("synth-arith: difficulty is the number of digits; keep it <= 12")
 
 
-register_family(Family("arith", {"difficulties": (1, 2, 3), "ops": "+*"}, "+-*",
-                       lambda rng, d, o: (*_arith_problem(rng, d, o), {}), _check))
+register_family(
+    Family(
+        "arith",
+        {"difficulties": (1, 2, 3), "ops": "+*"},
+        "+-*",
+        lambda rng, d, o: (*_arith_problem(rng, d, o), {}),
+        _check,
+    )
+)
 
 
 @register

@@ -62,13 +62,15 @@ def family_options(family: str, options: dict[str, Any]) -> dict[str, Any]:
     o = dict(fam.defaults)
     unknown = set(options) - set(o)
     if unknown:
-        raise SrlmError(f"synth-{family}: unknown option(s) {', '.join(sorted(unknown))}; "
-                        f"known: {', '.join(sorted(o))}")
+        raise SrlmError(
+            f"synth-{family}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(o))}"
+        )
     o.update({k: v for k, v in options.items() if v is not None})
     o["difficulties"] = tuple(int(x) for x in o["difficulties"])
     if not o["difficulties"] or min(o["difficulties"]) < 1:
-        raise SrlmError(f"synth-{family}: difficulties must be a non-empty list of integers >= 1, "
-                        f"got {list(o['difficulties'])}")
+        raise SrlmError(
+            f"synth-{family}: difficulties must be a non-empty list of integers >= 1, got {list(o['difficulties'])}"
+        )
     bad = set(o["ops"]) - set(fam.ops)
     if not o["ops"] or bad:
         raise SrlmError(f"synth-{family}: ops={o['ops']!r}; use a non-empty subset of {fam.ops!r}")
@@ -79,8 +81,10 @@ def family_options(family: str, options: dict[str, Any]) -> dict[str, Any]:
 def check_number_range(family: str, o: dict[str, Any]) -> None:
     """Families that draw numbers up to max_number and keep values under max_value."""
     if o["max_number"] < 2 or o["max_value"] <= o["max_number"] + 2:
-        raise SrlmError(f"synth-{family}: need max_number >= 2 and max_value > max_number + 2, "
-                        f"got max_number={o['max_number']}, max_value={o['max_value']}")
+        raise SrlmError(
+            f"synth-{family}: need max_number >= 2 and max_value > max_number + 2, "
+            f"got max_number={o['max_number']}, max_value={o['max_value']}"
+        )
 
 
 def _make(family: str, rng: Random, d: int, o: dict[str, Any]) -> Example:
@@ -89,12 +93,18 @@ def _make(family: str, rng: Random, d: int, o: dict[str, Any]) -> Example:
     reasoning = "\n".join(steps)
     final = f"The answer is {answer}."
     meta.update(family=family, difficulty=d, reasoning=reasoning, final=final)
-    return Example(id=f"synth-{family}-{problem_hash(family, prompt)[:12]}", prompt=prompt, answer=answer,
-                   solution=f"{reasoning}\n{final}", meta=meta)
+    return Example(
+        id=f"synth-{family}-{problem_hash(family, prompt)[:12]}",
+        prompt=prompt,
+        answer=answer,
+        solution=f"{reasoning}\n{final}",
+        meta=meta,
+    )
 
 
-def generate_problems(family: str, n: int, seed: int = 0, split: str = "train",
-                      difficulties: Iterable[int] | None = None, **options: Any) -> list[Example]:
+def generate_problems(
+    family: str, n: int, seed: int = 0, split: str = "train", difficulties: Iterable[int] | None = None, **options: Any
+) -> list[Example]:
     """`n` problems of `family` ("gsm", "countdown", "arith") for `split` ("train" or "test").
 
     Difficulties cycle in the order given (problem i has difficulties[i % len]), so every level
@@ -126,8 +136,10 @@ def generate_problems(family: str, n: int, seed: int = 0, split: str = "train",
                 exhausted.add(d)
                 break
         else:
-            raise SrlmError(f"synth-{family}: no {split} problem of difficulty {d} found; "
-                            f"the problem space is too small, widen the options")
+            raise SrlmError(
+                f"synth-{family}: no {split} problem of difficulty {d} found; "
+                f"the problem space is too small, widen the options"
+            )
         seen.add(ex.prompt)
         ex.meta["split"] = split
         out.append(ex)
@@ -147,27 +159,45 @@ def save_jsonl(examples: Iterable[Example], path: str | Path) -> None:
     """One JSON object per example, written atomically (a run that reuses the file never sees half)."""
     from srlm.data.io import write_text_atomic
 
-    write_text_atomic(path, "".join(json.dumps({"id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
-                                                "solution": ex.solution, "meta": ex.meta}) + "\n"
-                                    for ex in examples))
+    write_text_atomic(
+        path,
+        "".join(
+            json.dumps(
+                {"id": ex.id, "prompt": ex.prompt, "answer": ex.answer, "solution": ex.solution, "meta": ex.meta}
+            )
+            + "\n"
+            for ex in examples
+        ),
+    )
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
     out = []
     p = Path(path)
     if not p.is_file():
-        raise SrlmError(f"{p}: no such file; pass a JSONL written by srlm.data.synthetic.save_jsonl, "
-                        f"or no data to generate problems")
+        raise SrlmError(
+            f"{p}: no such file; pass a JSONL written by srlm.data.synthetic.save_jsonl, "
+            f"or no data to generate problems"
+        )
     for lineno, line in enumerate(p.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             r = json.loads(line)
-            out.append(Example(id=r["id"], prompt=r["prompt"], answer=str(r["answer"]),
-                               solution=r.get("solution"), meta=r.get("meta", {})))
+            out.append(
+                Example(
+                    id=r["id"],
+                    prompt=r["prompt"],
+                    answer=str(r["answer"]),
+                    solution=r.get("solution"),
+                    meta=r.get("meta", {}),
+                )
+            )
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SrlmError(f"{p}:{lineno}: not a synthetic problem record ({e}); each line needs "
-                            f"id, prompt, answer (and optionally solution, meta)") from None
+            raise SrlmError(
+                f"{p}:{lineno}: not a synthetic problem record ({e}); each line needs "
+                f"id, prompt, answer (and optionally solution, meta)"
+            ) from None
     return out
 
 
@@ -180,9 +210,15 @@ class SyntheticTask(Task):
 
     family: str = ""
 
-    def __init__(self, seed: int = 0, difficulties: Iterable[int] | None = None,
-                 test_difficulties: Iterable[int] | None = None, n_train: int = 10000,
-                 n_test: int | None = None, **options: Any):
+    def __init__(
+        self,
+        seed: int = 0,
+        difficulties: Iterable[int] | None = None,
+        test_difficulties: Iterable[int] | None = None,
+        n_train: int = 10000,
+        n_test: int | None = None,
+        **options: Any,
+    ):
         self.seed = seed
         self.options = options
         self.difficulties = tuple(difficulties or REGISTRY[self.family].defaults["difficulties"])
@@ -204,8 +240,9 @@ class SyntheticTask(Task):
         else:
             n = limit if limit is not None else (self.n_train if split == "train" else self.n_test)
             diffs = self.test_difficulties if split == "test" else self.difficulties
-            examples = generate_problems(self.family, n, seed=self.seed, split=split, difficulties=diffs,
-                                         **self.options)
+            examples = generate_problems(
+                self.family, n, seed=self.seed, split=split, difficulties=diffs, **self.options
+            )
         for ex in examples:
             if "difficulty" in ex.meta:
                 self._difficulty_by_id[ex.id] = ex.meta["difficulty"]
@@ -242,5 +279,10 @@ class SyntheticTask(Task):
         return out
 
     def protocol(self):
-        return {"metrics": {"accuracy": "fraction of examples whose final number equals the answer (as numbers)",
-                            "accuracy@dK": "the same over the problems of difficulty K"}, "references": {}}
+        return {
+            "metrics": {
+                "accuracy": "fraction of examples whose final number equals the answer (as numbers)",
+                "accuracy@dK": "the same over the problems of difficulty K",
+            },
+            "references": {},
+        }

@@ -135,15 +135,26 @@ def _countdown_problem(rng: Random, d: int, o: dict[str, Any]) -> tuple[str, lis
         if len(pool) == 1 and pool[0][0] not in numbers:
             target, expr = pool[0][0], pool[0][1]
             numbers.sort()
-            prompt = (f"Make {target} from the numbers {' '.join(map(str, numbers))} "
-                      f"using {' '.join(ops)} and each number at most once.")
+            prompt = (
+                f"Make {target} from the numbers {' '.join(map(str, numbers))} "
+                f"using {' '.join(ops)} and each number at most once."
+            )
             return prompt, steps, expr, {"numbers": numbers, "target": target, "ops": ops}
-    raise SrlmError(f"synth-countdown: could not build a difficulty-{d} problem with ops {ops!r}, "
-                    f"max_number={hi}, max_value={top}; raise max_value or allow more ops.")
+    raise SrlmError(
+        f"synth-countdown: could not build a difficulty-{d} problem with ops {ops!r}, "
+        f"max_number={hi}, max_value={top}; raise max_value or allow more ops."
+    )
 
 
-register_family(Family("countdown", {"difficulties": (1, 2, 3), "max_number": 25, "max_value": 1000, "ops": "+-*/"},
-                       "+-*/", _countdown_problem, lambda o: check_number_range("countdown", o)))
+register_family(
+    Family(
+        "countdown",
+        {"difficulties": (1, 2, 3), "max_number": 25, "max_value": 1000, "ops": "+-*/"},
+        "+-*/",
+        _countdown_problem,
+        lambda o: check_number_range("countdown", o),
+    )
+)
 
 
 @register

@@ -11,12 +11,48 @@ from srlm.data.tasks import register
 from srlm.errors import SrlmError
 
 NAMES = (
-    "Ann", "Bob", "Cid", "Dan", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou", "Max",
-    "Ned", "Oli", "Pam", "Ray", "Sam", "Tom", "Uma", "Val", "Wes", "Yan", "Zoe",
+    "Ann",
+    "Bob",
+    "Cid",
+    "Dan",
+    "Eve",
+    "Fay",
+    "Gus",
+    "Hal",
+    "Ivy",
+    "Jon",
+    "Kim",
+    "Lou",
+    "Max",
+    "Ned",
+    "Oli",
+    "Pam",
+    "Ray",
+    "Sam",
+    "Tom",
+    "Uma",
+    "Val",
+    "Wes",
+    "Yan",
+    "Zoe",
 )
 ITEMS = (
-    "apples", "pens", "books", "cards", "coins", "shells", "stamps", "marbles", "cookies", "balls",
-    "eggs", "cups", "hats", "keys", "toys", "rocks",
+    "apples",
+    "pens",
+    "books",
+    "cards",
+    "coins",
+    "shells",
+    "stamps",
+    "marbles",
+    "cookies",
+    "balls",
+    "eggs",
+    "cups",
+    "hats",
+    "keys",
+    "toys",
+    "rocks",
 )
 
 
@@ -28,8 +64,10 @@ def _gsm_problem(rng: Random, d: int, o: dict[str, Any]) -> tuple[str, list[str]
     ops, max_factor, two = o["ops"], o["max_factor"], o["two_operand"]
     need = 1 + 2 * d + o["distractors"]
     if need > len(NAMES):
-        raise SrlmError(f"synth-gsm: difficulty {d} with {o['distractors']} distractors needs up to {need} "
-                        f"names but only {len(NAMES)} exist; lower `difficulties` or `distractors`.")
+        raise SrlmError(
+            f"synth-gsm: difficulty {d} with {o['distractors']} distractors needs up to {need} "
+            f"names but only {len(NAMES)} exist; lower `difficulties` or `distractors`."
+        )
     names = rng.sample(NAMES, need)
     item = rng.choice(ITEMS)
     value: dict[str, int] = {}
@@ -120,14 +158,31 @@ def _gsm_problem(rng: Random, d: int, o: dict[str, Any]) -> tuple[str, list[str]
 def _check(o: dict[str, Any]) -> None:
     check_number_range("gsm", o)
     if o["max_factor"] < 2 or o["distractors"] < 0:
-        raise SrlmError(f"synth-gsm: need max_factor >= 2 and distractors >= 0, "
-                        f"got max_factor={o['max_factor']}, distractors={o['distractors']}")
+        raise SrlmError(
+            f"synth-gsm: need max_factor >= 2 and distractors >= 0, "
+            f"got max_factor={o['max_factor']}, distractors={o['distractors']}"
+        )
 
 
-register_family(Family(
-    "gsm", {"difficulties": (1, 2, 3, 4), "max_number": 50, "max_value": 1000, "ops": "+-*", "max_factor": 5,
-            "two_operand": True, "distractors": 0, "shuffle": False, "scratchpad": False},
-    "+-*", lambda rng, d, o: (*_gsm_problem(rng, d, o), {}), _check))
+register_family(
+    Family(
+        "gsm",
+        {
+            "difficulties": (1, 2, 3, 4),
+            "max_number": 50,
+            "max_value": 1000,
+            "ops": "+-*",
+            "max_factor": 5,
+            "two_operand": True,
+            "distractors": 0,
+            "shuffle": False,
+            "scratchpad": False,
+        },
+        "+-*",
+        lambda rng, d, o: (*_gsm_problem(rng, d, o), {}),
+        _check,
+    )
+)
 
 
 @register
