@@ -27,6 +27,16 @@ from _real_model import smollm2_gguf
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (.ci/install-llama-cpp)")
 
 NEW_TOKENS = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread here: where the 2 cores are shared, two threads wait on each other at every small op
+    of a decode step (several times slower); llama.cpp gets one thread too."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 CORPUS = [
     "Tom has 12 apples and eats 3. 12 - 3 = 9; 1234567 + 0.5 = 1234567.5, 3..3 3...3 33333333",
     "  two leading spaces\tand\ttabs\n\n\nthree newlines\r\n   and  trailing spaces   ",

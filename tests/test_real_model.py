@@ -24,6 +24,16 @@ MESSAGES = [{"role": "user", "content": "Tom has 12 apples and eats 3. How many 
 NEW_TOKENS = 48
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread here: where the 2 cores are shared, two threads wait on each other at every small op
+    of a decode step (several times slower); llama.cpp gets one thread too."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def gguf_path():
     return smollm2_gguf()
@@ -111,7 +121,7 @@ def test_lora_sft_lowers_the_loss_and_the_adapter_loads_in_peft(gguf_path, folde
         "model": str(gguf_path), "out_dir": str(tmp_path / "sft"), "data": ["synth-arith"],
         "data_options": {"n_train": 32, "difficulties": [1], "seed": 7}, "think": False, "steps": 4,
         "batch_size": 4, "lr": 2e-3, "warmup_steps": 0, "dtype": "fp32", "max_seq_len": 128, "progress": False,
-        "num_threads": 2, "lora": {"enabled": True, "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}})
+        "num_threads": 1, "lora": {"enabled": True, "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}})
     run(cfg)
     tuned, _ = srlm.load(tmp_path / "sft" / "final")
     convs = _conversations(4)
@@ -135,7 +145,7 @@ def test_grpo_with_lora_changes_the_adapter(gguf_path, tmp_path):
         "model": str(gguf_path), "out_dir": str(tmp_path / "grpo"), "task": "synth-arith",
         "task_options": {"difficulties": [1]}, "num_prompts": 8, "steps": 2, "batch_size": 8,
         "num_generations": 4, "max_new_tokens": 24, "temperature": 1.0, "lr": 1e-3, "dtype": "fp32",
-        "progress": False, "num_threads": 2, "seed": 0,
+        "progress": False, "num_threads": 1, "seed": 0,
         "rewards": {"correct": 1.0, "format": 0.1},
         "lora": {"enabled": True, "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}})
     run(cfg)
