@@ -103,7 +103,7 @@ def trained(tmp_path_factory):
         "model_overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                             "num_attention_heads": 4, "num_key_value_heads": 2},
         "data": ["synth-arith"], "data_options": {"n_train": 2000, "difficulties": [1]}, "think": False,
-        "steps": 60, "batch_size": 16, "lr": 5e-3, "warmup_steps": 5, "dtype": "fp32", "num_threads": 2,
+        "steps": 60, "batch_size": 16, "lr": 5e-3, "warmup_steps": 5, "dtype": "fp32", "num_threads": 1,
         "progress": False, "max_seq_len": 96}))
     folder = root / "sft" / "final"
     for typ in ("f32", "f16", "q8_0"):
