@@ -26,6 +26,18 @@ from srlm.model import gguf as G
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (.ci/install-llama-cpp)")
 
 NEW_TOKENS = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread here: where the 2 cores are shared, two threads wait on each other at every small op
+    of a decode step (several times slower); llama.cpp gets one thread too."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 CORPUS = [
     "Tom has 12 apples and eats 3. 12 - 3 = 9; 1234567 + 0.5 = 1234567.5, 3..3 3...3 33333333",
     "  two leading spaces\tand\ttabs\n\n\nthree newlines\r\n   and  trailing spaces   ",
@@ -113,19 +125,20 @@ def trained(tmp_path_factory):
                     "num_key_value_heads": 2,
                 },
                 "data": ["synth-arith"],
-                "data_options": {"n_train": 2000, "difficulties": [1]},
+                "data_options": {"n_train": 4000, "difficulties": [1]},
                 "think": False,
-                "steps": 60,
-                "batch_size": 16,
+                "steps": 800,
+                "batch_size": 32,
                 "lr": 5e-3,
-                "warmup_steps": 5,
+                "warmup_steps": 10,
                 "dtype": "fp32",
-                "num_threads": 2,
+                "num_threads": 1,
                 "progress": False,
                 "max_seq_len": 96,
+                "log_every": 100,
             },
         )
-    )
+    )  # enough to solve some held-out problems
     folder = root / "sft" / "final"
     for typ in ("f32", "f16", "q8_0"):
         assert cli.main(["export", str(folder), "--type", typ, "--out", str(root / f"tiny-{typ}.gguf")]) == 0
@@ -152,8 +165,12 @@ def test_trained_checkpoint_greedy_equals_srlm(trained, typ):
 
 
 def test_eval_through_llama_cpp_scores_what_srlm_scores(trained, tmp_path, capsys, record_property):
+    from srlm.data.synthetic import generate_problems, save_jsonl
+
     folder, root = trained
-    common = ["--task", "synth-arith", "--limit", "24", "--chat", "--max-new-tokens", "32", "--no-progress"]
+    heldout = tmp_path / "heldout.jsonl"
+    save_jsonl(generate_problems("arith", 48, split="test", difficulties=[1]), heldout)
+    common = ["--task", "synth-arith", "--data", str(heldout), "--chat", "--max-new-tokens", "32", "--no-progress"]
 
     def evaluate(path, name, *extra):
         out = tmp_path / f"{name}.json"
@@ -163,6 +180,7 @@ def test_eval_through_llama_cpp_scores_what_srlm_scores(trained, tmp_path, capsy
 
     acc_srlm, out_srlm = evaluate(root / "tiny-f32.gguf", "srlm")
     acc_lc, out_lc = evaluate(root / "tiny-f32.gguf", "lc", "--backend", "llama.cpp")
+    assert acc_srlm > 0.1  # a model that solves some, so equal scores mean something
     assert out_lc == out_srlm and acc_lc == acc_srlm
     acc_q8, out_q8 = evaluate(root / "tiny-q8_0.gguf", "lc-q8", "--backend", "llama.cpp")
     same = sum(a == b for a, b in zip(out_q8, out_srlm)) / len(out_srlm)

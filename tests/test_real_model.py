@@ -23,6 +23,16 @@ MESSAGES = [{"role": "user", "content": "Tom has 12 apples and eats 3. How many 
 NEW_TOKENS = 48
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread here: where the 2 cores are shared, two threads wait on each other at every small op
+    of a decode step (several times slower); llama.cpp gets one thread too."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def gguf_path():
     return smollm2_gguf()
@@ -125,7 +135,7 @@ def test_lora_sft_lowers_the_loss_and_the_adapter_loads_in_peft(gguf_path, folde
             "dtype": "fp32",
             "max_seq_len": 128,
             "progress": False,
-            "num_threads": 2,
+            "num_threads": 1,
             "lora": {"enabled": True, "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
         },
     )
@@ -164,7 +174,7 @@ def test_grpo_with_lora_changes_the_adapter(gguf_path, tmp_path):
             "lr": 1e-3,
             "dtype": "fp32",
             "progress": False,
-            "num_threads": 2,
+            "num_threads": 1,
             "seed": 0,
             "rewards": {"correct": 1.0, "format": 0.1},
             "lora": {"enabled": True, "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
