@@ -198,8 +198,6 @@ def test_fused_step_implements_offset_norms_gelu_and_embedding_scale(extra_famil
 
 
 def test_a_trait_the_fused_step_lacks_is_refused_once_and_decoding_stays_right(extra_families):
-    from srlm.infer.decode import decode_step
-
     model = _model(model_type="pairs-rope")
     FusedDecoder._warned.clear()
     with pytest.warns(UserWarning, match="does not implement rope='interleaved'"):
@@ -215,14 +213,3 @@ def test_a_trait_the_fused_step_lacks_is_refused_once_and_decoding_stays_right(e
             want.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
     assert got == want
-    # the static (compilable) step reads the same traits
-    with torch.no_grad():
-        cache = KVCache.for_model(model, 1, 8)
-        ref = model(torch.tensor([prompt]), kv_cache=cache)
-        k, v = cache.k.clone(), cache.v.clone()
-        mask = torch.zeros(1, 8, dtype=torch.bool)
-        mask[0, :5] = True
-        step = decode_step(model, torch.tensor([want[0]]), torch.tensor([4]), k, v, mask, torch.tensor([4]))
-        full = model(torch.tensor([prompt + [want[0]]]))[:, -1]
-    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
-    assert ref.shape[1] == 4

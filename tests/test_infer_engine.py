@@ -143,35 +143,3 @@ def test_bad_input_is_a_clear_error(tiny, kwargs, match):
     kw.update(kwargs)
     with pytest.raises(SrlmError, match=match):
         Engine(tiny).generate(**kw)
-
-
-def test_static_decode_step_matches_eager_and_compile_failure_falls_back(tiny, monkeypatch):
-    from srlm.infer import decode
-
-    ref = Engine(tiny).generate(PROMPTS, n=2, max_new_tokens=30, temperature=0, stop_token_ids=[])
-    static = Engine(tiny)
-    static._step = decode.decode_step  # the function torch.compile receives, run eagerly
-    assert [
-        [c.token_ids for c in g]
-        for g in static.generate(PROMPTS, n=2, max_new_tokens=30, temperature=0, stop_token_ids=[])
-    ] == [[c.token_ids for c in g] for g in ref]
-
-    def broken(*a, **k):
-        raise RuntimeError("InductorError: no working C++ compiler")
-
-    failing = Engine(tiny)
-    failing._step = broken
-    with pytest.warns(UserWarning, match="torch.compile failed"):
-        out = failing.generate(PROMPTS, max_new_tokens=30, temperature=0, stop_token_ids=[])
-    assert [g[0].token_ids for g in out] == [g[0].token_ids for g in ref]
-    monkeypatch.setattr(decode.shutil, "which", lambda name: None)
-    monkeypatch.setattr(decode, "_COMPILED", None)
-    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
-        assert Engine(tiny, compile=True)._step is None
-
-
-@pytest.mark.slow
-def test_compiled_decode_matches_eager(tiny):
-    ref = Engine(tiny).generate(PROMPTS, max_new_tokens=20, temperature=0, stop_token_ids=[])
-    got = Engine(tiny, compile=True).generate(PROMPTS, max_new_tokens=20, temperature=0, stop_token_ids=[])
-    assert [g[0].token_ids for g in got] == [g[0].token_ids for g in ref]

@@ -61,11 +61,6 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--quantize", choices=list(QUANT_MODES), default=None, help="also measure int8 or int4 weight-only srlm"
     )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="also measure the torch.compile'd decode step (needs --rounds >= 2: round 1 compiles)",
-    )
     p.add_argument("--compare", choices=["hf"], default=None, help="also run transformers' generate, alternating")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
@@ -134,12 +129,12 @@ def _materialise(args, tmp: Path) -> Path:
 
 
 class _Srlm:
-    def __init__(self, folder: Path, dtype, quantize, compile: bool = False):
+    def __init__(self, folder: Path, dtype, quantize):
         from srlm.infer.engine import Engine
         from srlm.infer.quant import load_for_inference
 
         model, _ = load_for_inference(folder, dtype=dtype, quantize=quantize)
-        self.engine = Engine(model, compile=compile)
+        self.engine = Engine(model)
         self.vocab = model.config.vocab_size
         self.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         if quantize:
@@ -264,12 +259,8 @@ def main(args) -> int:
         folder = _materialise(args, Path(tmp))
         dtype = args.dtype or ("bfloat16" if args.random_init else None)
         variants: dict[str, object] = {"srlm": _Srlm(folder, dtype, None)}
-        if args.compile:
-            variants["srlm-compile"] = _Srlm(folder, dtype, None, compile=True)
         if args.quantize:
             variants[f"srlm-{args.quantize}"] = _Srlm(folder, dtype, args.quantize)
-            if args.compile:
-                variants[f"srlm-{args.quantize}-compile"] = _Srlm(folder, dtype, args.quantize, compile=True)
         peak_rss = _peak_rss_mb()
         if args.compare == "hf":
             variants["hf"] = _HF(folder, dtype)

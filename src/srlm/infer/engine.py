@@ -83,21 +83,12 @@ def _regex_condition(pattern: str | re.Pattern) -> Callable[[str], bool]:
 class Engine:
     """Generation, streaming and log-likelihoods for a `CausalLM` (optionally with its tokenizer)."""
 
-    def __init__(self, model, tokenizer=None, compile: bool = False):
-        """`compile=True` decodes with a `torch.compile`d static-shape step (srlm.infer.decode): compiled
-        once per (rows, cache length) — worth it when many calls share shapes (benchmarks, GRPO with a
-        fixed group size) — and falls back to eager where compilation is impossible. Finished rows are
-        then not compacted away, since a new batch size would mean a new compilation."""
+    def __init__(self, model, tokenizer=None):
         # the train/eval mode is left alone (a trainer's model stays in training mode; srlm's decoder
         # has no dropout, so outputs do not depend on it)
         self.model = model
         self.tokenizer = tokenizer
-        self._step = None
         self._fused = None
-        if compile:
-            from srlm.infer.decode import compiled_step
-
-            self._step = compiled_step()
         self.config = model.config
         p = next(model.parameters())
         self.device = p.device
@@ -201,9 +192,7 @@ class Engine:
             ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long, device=dev)
             mask[i, : P - len(p)] = False
         lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
-        static = self._step is not None
-        # the static step's cache length is rounded up so calls of similar lengths share one compiled graph
-        cache_len = -(-(P + T) // 64) * 64 if static else P + T
+        cache_len = P + T
         cache = KVCache.for_model(model, B, cache_len, dtype=self.cache_dtype, device=dev)
         if padded:
             pos_ids = (mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)
@@ -222,14 +211,10 @@ class Engine:
         limits = torch.tensor(limits_b, dtype=torch.long, device=dev)[rows_of_prompt]
         row_ids = torch.arange(R, device=dev)
         decode_mask = mask if padded else None
-        fused = None if static else self.fused_decoder(cache_len)
+        fused = self.fused_decoder(cache_len)
         if fused is not None:
             if padded:  # additive mask over every cache slot: 0 attend, -inf padding
                 decode_mask = torch.zeros(R, P + T, dtype=torch.float32, device=dev).masked_fill_(~mask, float("-inf"))
-        if static:
-            smask = torch.zeros(R, cache_len, dtype=torch.bool, device=dev)
-            smask[:, :P] = mask[:, :P]
-            slot = torch.zeros(1, dtype=torch.long, device=dev)
 
         out_tokens = torch.zeros(R, T, dtype=torch.long, device=dev)
         out_logp = torch.zeros(R, T, dtype=torch.float32, device=dev) if return_logprobs else None
@@ -296,12 +281,6 @@ class Engine:
                 yield row_ids[was].tolist(), tok[was].tolist(), stopped_now[was].tolist()
             if n_live == 0:
                 return
-            if static:
-                smask[:, P + t] = True
-                slot.fill_(P + t)
-                logits = self._static_step(tok, next_pos, cache, smask, slot)
-                next_pos += 1
-                continue
             if compact:
                 keep = active.nonzero().squeeze(1)
                 cache.select(keep)
@@ -324,19 +303,6 @@ class Engine:
                 am = decode_mask[:, : P + t + 1] if decode_mask is not None else None
                 logits = model(tok[:, None], position_ids=next_pos[:, None], attention_mask=am, kv_cache=cache)[:, -1]
             next_pos += 1
-
-    def _static_step(self, tok, pos, cache, smask, slot):
-        from srlm.infer.decode import decode_step
-
-        if self._step is not None:
-            try:
-                return self._step(self.model, tok, pos, cache.k, cache.v, smask, slot)
-            except Exception as e:  # a compiler missing or failing at the first call: stay correct, go eager
-                import warnings
-
-                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); decoding eagerly")
-                self._step = decode_step
-        return decode_step(self.model, tok, pos, cache.k, cache.v, smask, slot)
 
     def _validate(self, n, max_new_tokens, thinking_budget, stop_strings, stop_condition):
         if not isinstance(n, int) or n < 1:
