@@ -60,12 +60,36 @@ def test_rows_joining_a_running_batch_decode_as_they_would_alone(engine, monkeyp
     new = [90, 12, 70, 40]
     batch = DecodeBatch(engine, max_len=256)
     schedule = {
-        0: [("a", RowRequest(PROMPTS[0], max_new_tokens=new[0], temperature=0, stop_token_ids=[]))],
-        3: [
-            ("b", RowRequest(PROMPTS[1], max_new_tokens=new[1], temperature=0, stop_token_ids=[])),
-            ("c", RowRequest(PROMPTS[2], n=2, max_new_tokens=new[2], temperature=0, stop_token_ids=[])),
+        0: [
+            (
+                "a",
+                RowRequest(
+                    PROMPTS[0], stop_token_ids=[], sampling=SamplingParams(max_new_tokens=new[0], temperature=0)
+                ),
+            )
         ],
-        10: [("d", RowRequest(PROMPTS[3], max_new_tokens=new[3], temperature=0, stop_token_ids=[]))],
+        3: [
+            (
+                "b",
+                RowRequest(
+                    PROMPTS[1], stop_token_ids=[], sampling=SamplingParams(max_new_tokens=new[1], temperature=0)
+                ),
+            ),
+            (
+                "c",
+                RowRequest(
+                    PROMPTS[2], n=2, stop_token_ids=[], sampling=SamplingParams(max_new_tokens=new[2], temperature=0)
+                ),
+            ),
+        ],
+        10: [
+            (
+                "d",
+                RowRequest(
+                    PROMPTS[3], stop_token_ids=[], sampling=SamplingParams(max_new_tokens=new[3], temperature=0)
+                ),
+            )
+        ],
     }
     got, finish = _run(batch, schedule)
     for name, prompt, n_new in zip("abcd", PROMPTS, new):
@@ -90,8 +114,18 @@ def test_stop_ids_limits_and_the_context_end(engine, fused, monkeypatch):
         batch,
         {
             0: [
-                ("s", RowRequest(PROMPTS[1], max_new_tokens=30, temperature=0, stop_token_ids=[stop])),
-                ("ctx", RowRequest(PROMPTS[3], max_new_tokens=30, temperature=0, stop_token_ids=[])),
+                (
+                    "s",
+                    RowRequest(
+                        PROMPTS[1], stop_token_ids=[stop], sampling=SamplingParams(max_new_tokens=30, temperature=0)
+                    ),
+                ),
+                (
+                    "ctx",
+                    RowRequest(
+                        PROMPTS[3], stop_token_ids=[], sampling=SamplingParams(max_new_tokens=30, temperature=0)
+                    ),
+                ),
             ]
         },
     )
@@ -100,11 +134,25 @@ def test_stop_ids_limits_and_the_context_end(engine, fused, monkeypatch):
 
 
 def test_seeded_rows_draw_the_same_whatever_shares_the_batch(engine):
-    req = RowRequest(PROMPTS[0], n=3, max_new_tokens=25, temperature=1.0, top_p=0.9, seed=11, stop_token_ids=[])
+    req = RowRequest(
+        PROMPTS[0],
+        n=3,
+        seed=11,
+        stop_token_ids=[],
+        sampling=SamplingParams(max_new_tokens=25, temperature=1.0, top_p=0.9),
+    )
     alone, _ = _run(DecodeBatch(engine), {0: [("x", req)]})
     others = [
-        ("o1", RowRequest(PROMPTS[2], max_new_tokens=40, temperature=1.2, stop_token_ids=[])),
-        ("o2", RowRequest(PROMPTS[3], max_new_tokens=5, temperature=0.7, top_k=5, seed=3, stop_token_ids=[])),
+        ("o1", RowRequest(PROMPTS[2], stop_token_ids=[], sampling=SamplingParams(max_new_tokens=40, temperature=1.2))),
+        (
+            "o2",
+            RowRequest(
+                PROMPTS[3],
+                seed=3,
+                stop_token_ids=[],
+                sampling=SamplingParams(max_new_tokens=5, temperature=0.7, top_k=5),
+            ),
+        ),
     ]
     crowded, _ = _run(DecodeBatch(engine), {0: others[:1], 2: [("x", req)], 4: others[1:]})
     assert [alone[("x", j)] for j in range(3)] == [crowded[("x", j)] for j in range(3)]
@@ -125,12 +173,11 @@ def test_logprobs_and_thinking_budget_match_the_engine(engine):
         [
             RowRequest(
                 prompt,
-                max_new_tokens=12,
-                temperature=0,
                 stop_token_ids=[],
                 logprobs=True,
                 top_logprobs=3,
                 thinking_budget=3,
+                sampling=SamplingParams(max_new_tokens=12, temperature=0),
             )
         ]
     )
@@ -149,7 +196,10 @@ def test_logprobs_and_thinking_budget_match_the_engine(engine):
 def test_remove_frees_rows_and_bad_requests_add_nothing(engine):
     batch = DecodeBatch(engine)
     [[a], [b, c]] = batch.add(
-        [RowRequest(PROMPTS[0], max_new_tokens=50), RowRequest(PROMPTS[1], n=2, max_new_tokens=50)]
+        [
+            RowRequest(PROMPTS[0], sampling=SamplingParams(max_new_tokens=50)),
+            RowRequest(PROMPTS[1], n=2, sampling=SamplingParams(max_new_tokens=50)),
+        ]
     )
     batch.step()
     batch.remove([b, 12345])
@@ -159,15 +209,21 @@ def test_remove_frees_rows_and_bad_requests_add_nothing(engine):
         (RowRequest([10**6]), "vocabulary"),
         (RowRequest(list(range(5)) * 300), "tokens"),
         (RowRequest([1], n=0), "n=0"),
-        (RowRequest([1], max_new_tokens=0), "max_new_tokens"),
-        (RowRequest([1], temperature=-1), "temperature"),
-        (RowRequest([1], top_p=0), "top_p"),
+        (RowRequest([1], sampling=SamplingParams(repetition_penalty=1.3)), "repetition_penalty"),
+        (RowRequest([1], sampling={"temperature": 0.5}), "SamplingParams"),
         (RowRequest([1], thinking_budget=-2), "thinking_budget"),
     ]:
         with pytest.raises(SrlmError, match=field):
             batch.add([RowRequest(PROMPTS[2]), bad])
     assert batch.keys == [a, c]
     assert [o.key for o in batch.step()] == [a, c]
+    for kwargs, field in [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+    ]:  # a request's sampling is refused before it reaches a batch
+        with pytest.raises(SrlmError, match=field):
+            SamplingParams(**kwargs)
     batch.remove([a, c])
     assert len(batch) == 0 and batch.step() == []
 

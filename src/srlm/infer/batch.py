@@ -15,7 +15,8 @@ the cache is full, slots that no live row uses are dropped on the left, and it g
 `max_len`) only when that is not enough. Decode steps run on the engine's fused step.
 
     batch = DecodeBatch(engine)
-    [[a, b]] = batch.add([RowRequest(prompt_ids, n=2, max_new_tokens=64, temperature=0.7, seed=1)])
+    [[a, b]] = batch.add([RowRequest(prompt_ids, n=2, sampling=SamplingParams(temperature=0.7, max_new_tokens=64),
+                                     seed=1)])
     while len(batch):
         for out in batch.step():   # RowStep(key, token, logprob, top_logprobs, finish)
             ...
@@ -24,7 +25,7 @@ the cache is full, slots that no live row uses are dropped on the left, and it g
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,12 +40,9 @@ class RowRequest:
 
     prompt: Sequence[int]
     n: int = 1
-    #: new tokens at most (also capped by the batch's `max_len`)
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
+    #: how to draw: temperature, top-k/p, min-p and max_new_tokens (also capped by the batch's `max_len`);
+    #: the repetition penalty is not applied in a shared batch
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     #: a seed makes the request's draws its own: the same tokens whatever else is in the batch
     seed: int | None = None
     #: None = the engine's stop ids (eos, end of turn); [] = never stop on an id
@@ -165,9 +163,10 @@ class DecodeBatch:
             )
         if not isinstance(r.n, int) or r.n < 1:
             raise SrlmError(f"{where}: n={r.n!r} must be a positive integer")
-        if not isinstance(r.max_new_tokens, int) or r.max_new_tokens < 1:
-            raise SrlmError(f"{where}: max_new_tokens={r.max_new_tokens!r} must be a positive integer")
-        SamplingParams(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, min_p=r.min_p)  # raises on bad values
+        if not isinstance(r.sampling, SamplingParams):
+            raise SrlmError(f"{where}: sampling must be a SamplingParams, got {type(r.sampling).__name__}")
+        if r.sampling.repetition_penalty != 1.0:
+            raise SrlmError(f"{where}: repetition_penalty is not supported in a shared batch; leave it at 1")
         if not isinstance(r.top_logprobs, int) or r.top_logprobs < 0:
             raise SrlmError(f"{where}: top_logprobs={r.top_logprobs!r} must be a non-negative integer")
         if r.thinking_budget is not None:
@@ -248,11 +247,12 @@ class DecodeBatch:
             for _ in range(r.n):
                 new["lens"].append(len(p))
                 new["produced"].append(0)
-                new["limit"].append(min(r.max_new_tokens, self.max_len - len(p)))
-                new["temperature"].append(float(r.temperature))
-                new["top_k"].append(int(r.top_k or 0))
-                new["top_p"].append(float(r.top_p))
-                new["min_p"].append(float(r.min_p))
+                sp = r.sampling
+                new["limit"].append(min(sp.max_new_tokens, self.max_len - len(p)))
+                new["temperature"].append(float(sp.temperature))
+                new["top_k"].append(int(sp.top_k or 0))
+                new["top_p"].append(float(sp.top_p))
+                new["min_p"].append(float(sp.min_p))
                 new["want_lp"].append(bool(r.logprobs or r.top_logprobs))
                 new["top_n"].append(int(r.top_logprobs))
                 new["budget"].append(-1 if r.thinking_budget is None else int(r.thinking_budget))

@@ -29,6 +29,7 @@ from srlm import __version__
 from srlm.errors import SrlmError
 from srlm.infer.batch import RowRequest
 from srlm.infer.engine import THINK_END, THINK_START
+from srlm.infer.sampling import SamplingParams
 from srlm.infer.textstream import ReasoningSplitter
 from srlm.serve.protocol import (
     ApiError,
@@ -350,14 +351,20 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
                     code="context_length_exceeded",
                 )
             max_tokens = room
+        try:
+            sampling = SamplingParams(
+                temperature=body.temperature,
+                top_k=max(body.top_k, 0),
+                top_p=body.top_p,
+                min_p=body.min_p,
+                max_new_tokens=max_tokens,
+            )
+        except SrlmError as e:  # the schema's ranges catch these first; this keeps any gap a 400
+            raise ApiError(400, str(e), param=str(e).split("sampling parameter ")[-1].split("=")[0]) from None
         return RowRequest(
             prompt,
             n=body.n,
-            max_new_tokens=max_tokens,
-            temperature=body.temperature,
-            top_k=max(body.top_k, 0),
-            top_p=body.top_p,
-            min_p=body.min_p,
+            sampling=sampling,
             seed=body.seed,
             stop_token_ids=[] if body.ignore_eos else None,
             logprobs=logprobs,
