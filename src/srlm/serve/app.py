@@ -54,6 +54,17 @@ ERRORS = {
 }
 
 
+def _generation_responses(obj: str, chunk: str) -> dict:
+    """OpenAPI responses of a generation endpoint: its errors, and JSON or a server-sent event stream."""
+    return {
+        **ERRORS,
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": f"a {obj}, or with stream: true server-sent {chunk} events ending with data: [DONE]",
+        },
+    }
+
+
 @dataclass
 class ServeSettings:
     model_name: str = "srlm"
@@ -552,14 +563,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     @app.post(
         "/v1/chat/completions",
         response_model=ChatCompletion,
-        responses={
-            **ERRORS,
-            200: {
-                "content": {"text/event-stream": {}},
-                "description": "a chat.completion, or with stream: true server-sent "
-                "chat.completion.chunk events ending with data: [DONE]",
-            },
-        },
+        responses=_generation_responses("chat.completion", "chat.completion.chunk"),
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         prep = prepare_chat(body)
@@ -676,14 +680,7 @@ def create_app(engine, settings: ServeSettings | None = None) -> FastAPI:
     @app.post(
         "/v1/completions",
         response_model=Completion,
-        responses={
-            **ERRORS,
-            200: {
-                "content": {"text/event-stream": {}},
-                "description": "a text_completion, or with stream: true server-sent "
-                "text_completion events ending with data: [DONE]",
-            },
-        },
+        responses=_generation_responses("text_completion", "text_completion"),
     )
     async def completions(body: CompletionRequest, request: Request):
         prep = prepare_completion(body)
