@@ -42,7 +42,7 @@ def _model(dtype=torch.float32, **over):
 
 
 def _compare(model, prompts, steps=6, atol=1e-4):
-    """Prefill (padded) with the model, then decode `steps` tokens both ways from identical caches."""
+    """Prefill (padded where lengths differ) both ways, then decode `steps` tokens both ways from identical caches."""
     b = len(prompts)
     P = max(len(p) for p in prompts)
     ids = torch.zeros(b, P, dtype=torch.long)
@@ -51,14 +51,24 @@ def _compare(model, prompts, steps=6, atol=1e-4):
         ids[i, P - len(p) :] = torch.tensor(p)
         mask[i, : P - len(p)] = False
     pos = (mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+    padded = min(len(p) for p in prompts) != P
     with torch.no_grad():
         ref_cache = KVCache.for_model(model, b, P + steps)
-        model(ids, position_ids=pos, attention_mask=mask[:, :P], kv_cache=ref_cache)
-        cache = KVCache.for_model(model, b, P + steps)
-        cache.k.copy_(ref_cache.k), cache.v.copy_(ref_cache.v)
-        cache.pos = ref_cache.pos
+        ref = model(ids, position_ids=pos, attention_mask=mask[:, :P], kv_cache=ref_cache)[:, -1]
         fused = FusedDecoder(model)
         fused.refresh(P + steps)
+        # the fused prefill: same last logits, same keys and values in every real slot
+        cache = KVCache.for_model(model, b, P + steps)
+        got = fused.prefill(ids, pos, cache, mask[:, :P] if padded else None)
+        torch.testing.assert_close(got, ref, atol=atol, rtol=atol)
+        assert cache.pos == ref_cache.pos == P
+        real = mask[:, :P].view(1, b, 1, P, 1)
+        for mine, theirs in ((cache.k, ref_cache.k), (cache.v, ref_cache.v)):
+            torch.testing.assert_close(
+                (mine[..., :P, :] * real).float(), (theirs[..., :P, :] * real).float(), atol=atol, rtol=atol
+            )
+        # decode from identical caches, so each step's error is its own
+        cache.k.copy_(ref_cache.k), cache.v.copy_(ref_cache.v)
         bias = torch.zeros(b, P + steps).masked_fill_(~mask, float("-inf"))
         next_pos = mask[:, :P].sum(-1)
         tok = torch.tensor([3 + i for i in range(b)])
@@ -77,7 +87,7 @@ def _compare(model, prompts, steps=6, atol=1e-4):
 def test_fused_step_matches_forward(variant):
     model = _model(**VARIANTS[variant])
     fused = _compare(model, [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]])
-    assert all(L["qkv"].weight is not None for L in fused.layers)  # the fused path, not the fallback
+    assert all(L["qkv"].fused for L in fused.layers)  # the fused path, not the fallback
     # a small fp32 model runs x @ W_t on weights stored transposed
     assert all(L[k].weight_t is not None for L in fused.layers for k in ("qkv", "o", "gate_up", "down"))
     _compare(model, [[5, 6, 7]])  # one row
@@ -102,11 +112,28 @@ def test_fused_step_in_bf16_is_as_accurate_as_the_model_in_bf16():
                 fused.step(tok, pos, fused_cache, None).float(),
             )
             assert (fused.head.weight_t is not None) == (dtype == torch.float32)  # transposed copies: fp32 only
+            if torch.backends.mkldnn.is_available():
+                assert fused.head.packed is not None  # and the oneDNN-packed copy, in both dtypes
     truth = logits[torch.float32][0]
     model_err = (logits[torch.bfloat16][0] - truth).abs()
     fused_err = (logits[torch.bfloat16][1] - truth).abs()
     assert model_err.mean() > 1e-3  # bf16 really ran
     assert fused_err.mean() <= 1.5 * model_err.mean() and fused_err.max() <= 2 * model_err.max()
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_large_model_decodes_from_packed_weights_only(monkeypatch, dtype):
+    """Past TRANSPOSE_MAX_BYTES (here: any size) only the packed copy is kept, and every row count uses it."""
+    import srlm.infer.decode as decode
+
+    monkeypatch.setattr(decode, "TRANSPOSE_MAX_BYTES", 0)
+    model = _model(dtype=dtype)
+    atol = 1e-4 if dtype == torch.float32 else 0.1  # bf16 rounds differently on each path
+    fused = _compare(model, [[5, 6, 7, 8, 9], [10, 11]], atol=atol)
+    projs = [fused.head] + [L[k] for L in fused.layers for k in ("qkv", "o", "gate_up", "down")]
+    assert all(p.packed is not None and p.weight is None and p.weight_t is None for p in projs)
+    _compare(model, [[5, 6, 7]], atol=atol)  # one row, unpadded prefill
 
 
 def test_lora_layers_are_merged_and_int8_layers_run_unfused():
@@ -117,11 +144,11 @@ def test_lora_layers_are_merged_and_int8_layers_run_unfused():
             if "lora_B" in name:
                 p.normal_(0, 0.2)
     fused = _compare(model.eval(), [[5, 6, 7], [8, 9, 10, 11]])
-    assert fused.layers[0]["qkv"].weight is not None
+    assert fused.layers[0]["qkv"].fused
 
     q = quantize_model(_model(), compute_dtype=torch.float32)
     fused = _compare(q, [[5, 6, 7], [8, 9, 10, 11]], atol=1e-4)
-    assert fused.layers[0]["qkv"].weight is None  # int8 projections keep their own forward
+    assert fused.layers[0]["qkv"].fused is False  # int8 projections keep their own forward
 
 
 def test_int8_kernel_layers_fuse_with_concatenated_scales():
@@ -169,7 +196,7 @@ def test_upcast_linear_keeps_names_and_runs_many_rows_in_fp32(monkeypatch):
     assert torch.equal(layer(few), torch.nn.functional.linear(few, w))  # the bf16 kernel
     assert torch.equal(layer(many), torch.nn.functional.linear(many.float(), w.float()).bfloat16())  # fp32 math
     fused = _compare(model, [[5, 6, 7], [8, 9, 10, 11]], steps=3, atol=0.1)  # bf16 rounding on both paths
-    assert fused.layers[0]["qkv"].weight is not None  # still fused
+    assert fused.layers[0]["qkv"].fused  # still fused
 
 
 # ---- family traits: every row of the table decodes right, and a trait the fused step lacks is refused
@@ -194,7 +221,7 @@ def test_fused_step_implements_offset_norms_gelu_and_embedding_scale(extra_famil
     model = _model(model_type="gemma-like")
     assert model.model.norm.offset == 1.0 and model.model.embed_scale is not None
     fused = _compare(model, [[5, 6, 7, 8, 9], [10, 11]])
-    assert fused.layers[0]["qkv"].weight is not None
+    assert fused.layers[0]["qkv"].fused
 
 
 def test_a_trait_the_fused_step_lacks_is_refused_once_and_decoding_stays_right(extra_families):

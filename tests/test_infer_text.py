@@ -137,8 +137,13 @@ def test_int8_quantization_is_close_and_agrees_greedily(tmp_path, tok):
     with torch.no_grad():
         ref, got = model(ids), qm(ids)
     assert (ref - got).abs().max() < 0.05 * ref.abs().max()
-    a = Engine(model).generate([ids[0].tolist()], max_new_tokens=16, temperature=0)[0][0].token_ids
-    b = Engine(qm).generate([ids[0].tolist()], max_new_tokens=16, temperature=0)[0][0].token_ids
-    assert sum(x == y for x, y in zip(a, b)) >= 8
+    # greedy agreement, teacher-forced on the fp32 model's own continuation (free-running sequences part
+    # for good at the first near-tie of a random model, which says little about the quantization)
+    cont = Engine(model).generate([ids[0].tolist()], max_new_tokens=16, temperature=0, stop_token_ids=[])[0][0]
+    full = torch.tensor([ids[0].tolist() + cont.token_ids])
+    with torch.no_grad():
+        ref, got = model(full)[0, ids.shape[1] - 1 : -1], qm(full)[0, ids.shape[1] - 1 : -1]
+    assert torch.equal(ref.argmax(-1), torch.tensor(cont.token_ids))  # the engine's greedy = the forward's
+    assert (ref.argmax(-1) == got.argmax(-1)).float().mean() >= 0.75
     with pytest.raises(SrlmError, match="'int3' is not supported; choose one of: int8, int4"):
         quantize_model(model, "int3")

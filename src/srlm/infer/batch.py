@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from srlm.errors import SrlmError
+from srlm.infer.decode import prefill
 from srlm.infer.sampling import SamplingParams, sample_rows
 from srlm.model.cache import KVCache
 
@@ -210,11 +211,7 @@ class DecodeBatch:
             ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long, device=dev)
             mask[i, : P - len(p)] = False
         fresh = KVCache.for_model(model, B, P, dtype=self.engine.cache_dtype, device=dev)
-        if min(lens) != P:
-            pos_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(ids, position_ids=pos_ids, attention_mask=mask, kv_cache=fresh, logits_to_keep=1)[:, -1]
-        else:
-            logits = model(ids, kv_cache=fresh, logits_to_keep=1)[:, -1]
+        logits = prefill(model, self._fused, ids, mask if min(lens) != P else None, fresh)
         ns = [r.n for r in requests]
         rows = torch.arange(B, device=dev).repeat_interleave(torch.tensor(ns, device=dev))
         fresh.select(rows)

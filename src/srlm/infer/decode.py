@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from srlm.infer.quant import UPCAST_MIN_ROWS, Int8Linear, UpcastLinear, upcast_linear
 from srlm.model.cache import KVCache
-from srlm.model.transformer import ACT_FNS, rope_inv_freq
+from srlm.model.transformer import ACT_FNS, build_mask, rope_inv_freq
 
 
 def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -55,7 +55,7 @@ class _Proj:
         self.mods, self.col_scale, self.row_scale = mods, col_scale, row_scale
         # bf16 on a CPU without native bf16: many-row matmuls in fp32, as the layers themselves do
         self.linear = upcast_linear if all(isinstance(m, UpcastLinear) for m in mods) else F.linear
-        self.weight = self.bias = self.weight_t = None
+        self.weight = self.bias = self.weight_t = self.packed = None
         if all(p is not None for p in plain):
             w = torch.cat([p[0] for p in plain]) if len(plain) > 1 else plain[0][0]
             if col_scale is not None or row_scale is not None:  # scaled in fp32, rounded once
@@ -85,12 +85,31 @@ class _Proj:
                 sc, bias = sc * row_scale.float(), None if bias is None else bias * row_scale.float()
             self.q8 = (torch.cat([m.weight for m in mods]).contiguous(), sc.to(cd), bias, cd)
 
+    def pack(self) -> bool:
+        """Also hold the fused weight in oneDNN's blocked layout (see PACKED_DTYPES); False where this
+        torch cannot."""
+        try:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), None)
+        except (RuntimeError, AttributeError):
+            return False
+        return True
+
+    @property
+    def fused(self) -> bool:
+        """Whether the layers run as one matmul on a fused weight (else each layer's own forward)."""
+        return self.weight is not None or self.packed is not None
+
+    def _use_packed(self, x: torch.Tensor) -> bool:
+        return self.packed is not None and (self.weight_t is None or x.shape[0] > TRANSPOSED_MAX_ROWS)
+
     def keep_transposed(self) -> None:
         """Hold the fused weight as (in, out), contiguous, and compute x @ W_t (see TRANSPOSE_MAX_BYTES)."""
         self.weight_t = self.weight.t().contiguous()
         self.weight = self.weight_t.t()  # a view: a fused copy is not kept twice
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_packed(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         if self.weight_t is not None:
             return torch.mm(x, self.weight_t) if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
         if self.weight is not None:
@@ -105,7 +124,9 @@ class _Proj:
         return out * self.row_scale.to(out.dtype) if self.row_scale is not None else out
 
     def add_into(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-        """x + self(inp), one addmm when fused (2-D x and inp)."""
+        """x + self(inp), one addmm (or one packed matmul with the add fused) when fused (2-D x and inp)."""
+        if self._use_packed(inp):
+            return torch.ops.mkldnn._linear_pointwise.binary(inp, x, self.packed, self.bias, "add")
         if (
             self.weight is not None
             and self.bias is None
@@ -121,6 +142,16 @@ class _Proj:
 #: 1 row and 0.8-0.9x at 4-64 rows; whole `generate` calls of 32 tokens ran 15% (1 row) and 5%
 #: (4 rows) faster
 TRANSPOSE_MAX_BYTES = 256 << 20
+
+
+#: fused weights of these dtypes are also held in oneDNN's blocked layout on CPU (`_Proj.pack`): a matmul
+#: then skips the weight reorder that F.linear pays on every call. It is much faster for the weights of
+#: 100M+ models, in fp32 too (see the README's speed section); for small fp32 models the transposed copy
+#: below is still faster at a row or two, so they keep both.
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+#: few-row calls use the transposed fp32 copy where one is kept; more rows use the packed weight
+TRANSPOSED_MAX_ROWS = 2
 
 
 class FusedDecoder:
@@ -238,13 +269,20 @@ class FusedDecoder:
             )
         self.head = _Proj([m.lm_head], gain(inner.norm) * root)
         projs = [self.head] + [L[k] for L in self.layers for k in ("qkv", "o", "gate_up", "down")]
-        if (
+        if dev.type == "cpu" and torch.backends.mkldnn.is_available():
+            for p in projs:
+                if p.weight is not None and p.weight.dtype in PACKED_DTYPES and p.linear is F.linear:
+                    p.pack()
+        few_rows_t = (
             dev.type == "cpu"
             and all(p.weight is not None and p.weight.dtype == torch.float32 and p.linear is F.linear for p in projs)
             and sum(p.weight.numel() * 4 for p in projs) <= TRANSPOSE_MAX_BYTES
-        ):
-            for p in projs:
+        )
+        for p in projs:
+            if few_rows_t:
                 p.keep_transposed()
+            elif p.packed is not None:
+                p.weight = None  # the packed copy is all a step reads
 
     def _build_rope(self, max_len: int):
         # the same fp32 products as RotaryEmbedding, so the table equals what a forward computes
@@ -277,6 +315,59 @@ class FusedDecoder:
             self._views = ((cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape), views)
         return views
 
+    def _rope_rows(self, qk: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of qk (rows, heads, d) at positions pos (rows,), elementwise (many rows)."""
+        cs = self._rope[pos]  # (rows, 2, d): cos, and sin with the first half negated
+        half = self.head_dim // 2
+        swapped = torch.cat((qk.narrow(-1, half, half), qk.narrow(-1, 0, half)), dim=-1)
+        return qk * cs[:, None, 0] + swapped * cs[:, None, 1]
+
+    def prefill(self, ids: torch.Tensor, pos: torch.Tensor, cache: KVCache, mask: torch.Tensor | None) -> torch.Tensor:
+        """Run prompts ids (b, T) at positions pos (b, T) into `cache` from its write position; return the
+        logits (b, vocab) at each row's last position. `mask` None (no padding: causal attention) or the
+        bool (b, cache.pos + T) mask of real tokens over every slot, as `CausalLM.forward` takes it."""
+        b, T = ids.shape
+        H, KV, d = self.n_heads, self.n_kv, self.head_dim
+        past = cache.pos
+        end = past + T
+        if end > cache.max_len:
+            raise RuntimeError(f"KV cache overflow: {end} > {cache.max_len} slots")
+        ks, vs = self._cache_views(cache)
+        x = F.embedding(ids.reshape(-1), self.embed)  # (b T, hidden)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        flat_pos = pos.reshape(-1)
+        attn = None if mask is None and past == 0 else build_mask(mask, b, T, past, ids.device, decode=False)
+        ch, cd = self._c_hidden, self._c_head
+        qk_end = (H + KV) * d
+        idx = 0
+        for L in self.layers:
+            for _ in range(self.share):
+                qkv = L["qkv"](self._rms(x, ch))
+                qk = qkv.narrow(1, 0, qk_end).view(b * T, H + KV, d)
+                if L["qk_norm"] is not None:
+                    qk = self._rms(qk, cd) * L["qk_norm"]
+                qk = self._rope_rows(qk, flat_pos).view(b, T, H + KV, d).transpose(1, 2)
+                kc, vc = ks[idx], vs[idx]
+                kc.narrow(2, past, T).copy_(qk.narrow(1, H, KV))
+                vc.narrow(2, past, T).copy_(qkv.narrow(1, qk_end, KV * d).view(b, T, KV, d).transpose(1, 2))
+                out = F.scaled_dot_product_attention(
+                    qk.narrow(1, 0, H),
+                    kc.narrow(2, 0, end),
+                    vc.narrow(2, 0, end),
+                    attn_mask=attn,
+                    is_causal=attn is None,
+                    scale=1.0,  # q is pre-scaled
+                    enable_gqa=KV != H,
+                )
+                x = L["o"].add_into(x, out.transpose(1, 2).reshape(b * T, H * d))
+                gu = L["gate_up"](self._rms(x, ch))
+                x = L["down"].add_into(x, self.act(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
+                idx += 1
+        cache.advance(T)
+        last = x.view(b, T, -1)[:, -1]
+        return self.head(self._rms(last.contiguous(), ch))
+
     def step(self, tok: torch.Tensor, pos: torch.Tensor, cache: KVCache, bias: torch.Tensor | None) -> torch.Tensor:
         b = tok.shape[0]
         H, KV, d = self.n_heads, self.n_kv, self.head_dim
@@ -304,15 +395,30 @@ class FusedDecoder:
                 kc, vc = ks[idx], vs[idx]
                 kc.select(2, t).copy_(qk.narrow(1, H, KV))
                 vc.select(2, t).copy_(qkv.narrow(1, qk_end, KV * d).view(b, KV, d))
-                q = qk.narrow(1, 0, H).view(b, KV, H // KV, d)
-                scores = torch.matmul(q, kc.narrow(2, 0, t + 1).transpose(-1, -2))  # (b, KV, g, t+1)
+                # (b KV) as one batch dimension of 3-D views into the cache: bmm reads it in place
+                q = qk.narrow(1, 0, H).reshape(b * KV, H // KV, d)
+                keys = kc.narrow(2, 0, t + 1).flatten(0, 1)  # (b KV, t+1, d)
+                scores = torch.bmm(q, keys.transpose(1, 2)).view(b, KV, H // KV, t + 1)
                 if bias is not None:
                     scores = scores + bias
                 probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vc.dtype)
-                out = torch.matmul(probs, vc.narrow(2, 0, t + 1))  # (b, KV, g, d)
+                out = torch.bmm(probs.view(b * KV, H // KV, t + 1), vc.narrow(2, 0, t + 1).flatten(0, 1))
                 x = L["o"].add_into(x, out.view(b, H * d))
                 gu = L["gate_up"](self._rms(x, ch))
                 x = L["down"].add_into(x, self.act(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
                 idx += 1
         cache.advance(1)
         return self.head(self._rms(x, ch))
+
+
+def prefill(model, fused: FusedDecoder | None, ids: torch.Tensor, mask: torch.Tensor | None, cache: KVCache):
+    """Run left-padded prompts ids (b, P) into an empty `cache`; the logits (b, vocab) at their last position.
+
+    `mask` (b, P) marks real tokens (None: no padding); positions count from each row's first real
+    token. Through the fused step's weights where it applies, else the model's forward."""
+    pos = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
+    if fused is not None:
+        if pos is None:
+            pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        return fused.prefill(ids, pos, cache, mask)
+    return model(ids, position_ids=pos, attention_mask=mask, kv_cache=cache, logits_to_keep=1)[:, -1]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from srlm.errors import SrlmError
-from srlm.infer.decode import FusedDecoder
+from srlm.infer.decode import FusedDecoder, prefill
 from srlm.infer.sampling import SamplingParams, sample
 from srlm.model.cache import KVCache
 
@@ -194,13 +194,8 @@ class Engine:
         lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
         cache_len = P + T
         cache = KVCache.for_model(model, B, cache_len, dtype=self.cache_dtype, device=dev)
-        if padded:
-            pos_ids = (mask[:, :P].long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(ids, position_ids=pos_ids, attention_mask=mask[:, :P], kv_cache=cache, logits_to_keep=1)[
-                :, -1
-            ]
-        else:
-            logits = model(ids, kv_cache=cache, logits_to_keep=1)[:, -1]
+        fused = self.fused_decoder(cache_len)
+        logits = prefill(model, fused, ids, mask[:, :P] if padded else None, cache)
 
         rows_of_prompt = torch.arange(B, device=dev).repeat_interleave(n)
         if n > 1:
@@ -211,7 +206,6 @@ class Engine:
         limits = torch.tensor(limits_b, dtype=torch.long, device=dev)[rows_of_prompt]
         row_ids = torch.arange(R, device=dev)
         decode_mask = mask if padded else None
-        fused = self.fused_decoder(cache_len)
         if fused is not None:
             if padded:  # additive mask over every cache slot: 0 attend, -inf padding
                 decode_mask = torch.zeros(R, P + T, dtype=torch.float32, device=dev).masked_fill_(~mask, float("-inf"))

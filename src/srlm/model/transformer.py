@@ -209,7 +209,7 @@ class Model(nn.Module):
             position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0).expand(b, t)
         x = self.embed(input_ids)
         cos, sin = self.rotary_emb(x, position_ids)
-        mask = _build_mask(attention_mask, b, t, past, input_ids.device, decode=kv_cache is not None and t == 1)
+        mask = build_mask(attention_mask, b, t, past, input_ids.device, decode=kv_cache is not None and t == 1)
         share = self.config.layer_share
         for i, layer in enumerate(self.layers):
             for r in range(share):
@@ -223,7 +223,7 @@ class Model(nn.Module):
         return self.norm(x)
 
 
-def _build_mask(attention_mask, b, t, past, device, decode: bool):
+def build_mask(attention_mask, b, t, past, device, decode: bool):
     """Boolean mask, True = attend. None means causal attention over unpadded rows with no cache."""
     total = past + t
     if decode:
