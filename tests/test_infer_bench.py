@@ -1,4 +1,4 @@
-"""`srlm bench`: one JSON object with speed, memory, the transformers ratios and int8's quality."""
+"""`srlm bench`: one JSON object with speed, memory, the transformers and llama.cpp ratios and int8's quality."""
 
 import json
 
@@ -95,3 +95,67 @@ def test_bench_rollouts_report_the_roofline_and_the_cpu(capsys):
     # int4 weights are read at about half a byte each: a quarter of the fp32 model's bytes or less, plus scales
     assert out["srlm-int4"]["roofline"]["3"]["weight_bytes"] < 0.3 * r["weight_bytes"]
     assert "rollout_b3" in out["ratios_vs_hf"]["srlm"] and out["hf"]["rollout_tokens_per_s"]["3"] > 0
+
+
+SHORT = ["--rounds", "1", "--prompt-len", "8", "--new-tokens", "6", "--prefill-len", "16", "--threads", "1"]
+
+
+def test_bench_compares_with_llama_cpp_per_quantization(capsys):
+    pytest.importorskip("llama_cpp")
+    args = ["bench", "--preset", "tiny", "--random-init", "--dtype", "float32", "--quantize", "int8"]
+    assert main([*args, "--compare", "llama.cpp", "--batch", "1", "2", *SHORT]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["llama_cpp"] and "hf" not in out and "ratios_vs_hf" not in out
+    for name, typ in (("llama.cpp", "f32"), ("llama.cpp-q8_0", "q8_0")):  # float32 -> f32, int8 -> q8_0
+        lc = out[name]
+        assert lc["gguf_type"] == typ and lc["gguf_source"] == "srlm export" and lc["gguf_mib"] > 0
+        assert lc["prefill_tokens_per_s"] > 0 and lc["ttft_s"] > 0 and lc["decode_tokens_per_s"]["1"] > 0
+        assert lc["decode_tokens_per_s"]["2"] is None  # llama-cpp-python decodes one sequence at a time
+    assert out["llama.cpp-q8_0"]["gguf_mib"] < 0.5 * out["llama.cpp"]["gguf_mib"]
+    ratios = out["ratios_vs_llama_cpp"]
+    assert ratios["srlm"]["vs"] == "llama.cpp (f32)" and ratios["srlm-int8"]["vs"] == "llama.cpp-q8_0 (q8_0)"
+    for r in ratios.values():
+        assert r["prefill"] > 0 and r["ttft"] > 0 and r["decode_b1"] > 0 and r["decode_b2"] is None
+    assert any("placeholder" in note for note in out["llama_cpp_notes"])  # a random-init preset has no tokenizer
+
+
+def test_bench_compares_with_hf_and_llama_cpp_together(capsys):
+    """bf16 (the presets' default) runs a bf16 GGUF; transformers' ratios still cover srlm's variants only."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("transformers")
+    args = ["bench", "--preset", "tiny", "--random-init", "--quantize", "int4", "--batch", "1", *SHORT]
+    assert main([*args, "--compare", "hf", "llama.cpp"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["dtype"] == "bfloat16" and out["llama.cpp"]["gguf_type"] in ("bf16", "f16")
+    assert out["llama.cpp-q4_0"]["gguf_type"] == "q4_0"
+    assert set(out["ratios_vs_hf"]) == set(out["ratios_vs_llama_cpp"]) == {"srlm", "srlm-int4"}
+    assert out["ratios_vs_llama_cpp"]["srlm-int4"]["decode_b1"] > 0 and out["ratios_vs_hf"]["srlm"]["decode_b1"] > 0
+
+
+def test_bench_runs_a_given_gguf_as_it_is_in_llama_cpp(tmp_path, capsys):
+    pytest.importorskip("llama_cpp")
+    import torch
+
+    from srlm.model import CausalLM, preset
+    from srlm.model.gguf import export
+    from srlm.tokenizer import train_bpe
+
+    torch.manual_seed(0)
+    tok = train_bpe(["a few words to learn a few merges from"] * 2, 300)
+    path = export(CausalLM(preset("tiny")).eval(), tok, tmp_path / "tiny-q8_0.gguf", "q8_0")
+    assert main(["bench", str(path), "--compare", "llama.cpp", "--gguf-type", "f16", *SHORT]) == 1
+    assert "is a .gguf file already" in capsys.readouterr().err
+    assert main(["bench", str(path), "--compare", "llama.cpp", "--batch", "1", *SHORT]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["llama.cpp"]["gguf_type"] == "q8_0" and out["llama.cpp"]["gguf_source"] == "the given file"
+    assert out["ratios_vs_llama_cpp"]["srlm"]["decode_b1"] > 0
+    assert not any("placeholder" in note for note in out["llama_cpp_notes"])
+
+
+def test_bench_says_how_to_install_llama_cpp(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
+    assert main(["bench", "--preset", "tiny", "--random-init", "--compare", "llama.cpp"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "pip install llama-cpp-python" in err[0] and err[0].startswith("srlm: error:")

@@ -4,6 +4,7 @@
     srlm bench --preset qwen2.5-0.5b --random-init    # no weights needed
     srlm bench ... --quantize int8 --compare hf       # add srlm-int8 and transformers' generate
     srlm bench ... --rollout 16 32 64 --compare hf    # RL-sized batches: aggregate decode vs the roofline
+    srlm bench ... --compare hf llama.cpp             # also llama.cpp (llama-cpp-python) on srlm's GGUF export
 
 Every figure is wall-clock through the public API (`Engine.generate`, greedy, no stop ids):
 decode tokens/s = batch x new tokens / time of the whole call (prompt prefill included, as
@@ -12,10 +13,25 @@ prompt that long; time to first token uses the decode prompt. With `--compare hf
 transformers' `generate` runs on the same checkpoint (a `--random-init` model is saved to a
 temporary folder first) in the same process, the variants alternating round by round so
 a shared machine's load hits all alike; each figure is the best of `--rounds`. Peak RSS is
-measured before transformers is loaded. With `--quantize`, the quantized variant also reports
+measured before transformers or llama.cpp is loaded. With `--quantize`, the quantized variant also reports
 its quality against the unquantized model: greedy (top-1) agreement and mean KL, teacher-forced
 on the unquantized model's greedy continuation of the last decode prompt, and both perplexities
 on that continuation.
+
+With `--compare llama.cpp`, llama.cpp runs the same prompts through llama-cpp-python (`pip install
+llama-cpp-python`), alternating with the others: the checkpoint exported by `srlm.model.gguf.export`
+(a .gguf PATH is run as it is) in the type that matches srlm's dtype (float32 -> f32, bfloat16 ->
+bf16, falling back to f16 if llama.cpp cannot run it, float16 -> f16; `--gguf-type` overrides), and
+with `--quantize int8` / `int4` also a q8_0 / q4_0 export. Its figures are measured as srlm's are
+(one token from a `--prefill-len` prompt; exactly `--new-tokens` greedy tokens, no stop, the prompt
+included; the context reset before every run so no prompt is reused from the cache), with
+`--threads` threads (llama.cpp's default micro-batch of 512 splits longer prefills). Its Python API
+decodes one sequence at a time, so decode batches above 1 and rollouts are null for it.
+`ratios_vs_llama_cpp` sets srlm against the file of the matching type (srlm -> the f32/bf16/f16
+file, srlm-int8 -> q8_0, srlm-int4 -> q4_0). A checkpoint without a tokenizer llama.cpp can load
+(a `--random-init` preset) gets a placeholder byte-level BPE vocabulary in the file; the prompts
+are token ids, so speed does not depend on it. The result names llama-cpp-python's version and the
+CPU features its llama.cpp was built with (`llama_cpp_system`).
 
 `--rollout B [B ...]` measures what RL rollouts need: aggregate decode throughput of B sequences
 of `--rollout-tokens` (256) new tokens from prompts of mixed lengths (`--prompt-len` / 2 to
@@ -29,6 +45,7 @@ name and its avx2 / avx512 / bf16 / amx flags are printed with every result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import resource
@@ -61,7 +78,19 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--quantize", choices=list(QUANT_MODES), default=None, help="also measure int8 or int4 weight-only srlm"
     )
-    p.add_argument("--compare", choices=["hf"], default=None, help="also run transformers' generate, alternating")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        choices=["hf", "llama.cpp"],
+        default=[],
+        help="also run transformers' generate (hf) and/or llama.cpp (llama-cpp-python), alternating",
+    )
+    p.add_argument(
+        "--gguf-type",
+        choices=["f32", "f16", "bf16"],
+        default=None,
+        help="type of the GGUF llama.cpp runs (default: srlm's dtype: f32, bf16 or f16)",
+    )
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prefill-len", type=int, default=512)
@@ -97,9 +126,9 @@ def _parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _materialise(args, tmp: Path) -> Path:
+def _materialise(args, tmp: Path) -> tuple[Path, Path | None]:
     """The checkpoint folder to benchmark: PATH (a GGUF converted under `tmp`, so every backend reads the
-    same folder), or a random-init preset saved under `tmp`."""
+    same folder), or a random-init preset saved under `tmp`; and the GGUF file PATH is, if it is one."""
     if args.path:
         if args.preset or args.random_init:
             raise SrlmError("give either a checkpoint PATH or --preset NAME --random-init, not both")
@@ -111,8 +140,8 @@ def _materialise(args, tmp: Path) -> Path:
             from srlm.model.gguf import load
 
             model, tokenizer = load(path)
-            return save(model, tmp / path.stem, tokenizer=tokenizer)
-        return path
+            return save(model, tmp / path.stem, tokenizer=tokenizer), path
+        return path, None
     if not (args.preset and args.random_init):
         raise SrlmError("srlm bench needs a checkpoint PATH, or --preset NAME --random-init (no weights needed)")
     import torch
@@ -125,7 +154,7 @@ def _materialise(args, tmp: Path) -> Path:
     folder = tmp / args.preset
     save(model, folder, dtype=args.dtype or "bfloat16")
     del model
-    return folder
+    return folder, None
 
 
 class _Srlm:
@@ -212,6 +241,153 @@ class _HF:
         return (out.shape[1] - ids.shape[1]) * ids.shape[0]
 
 
+def _llama_cpp():
+    """The llama_cpp module, or one SrlmError that says how to install it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise SrlmError(
+            "--compare llama.cpp needs llama-cpp-python: pip install llama-cpp-python "
+            "(README, Testing: bash .ci/install-llama-cpp builds the tested version)"
+        ) from None
+    return llama_cpp
+
+
+#: srlm's quantized variants and the llama.cpp type each is set against
+GGUF_QUANT = {"int8": "q8_0", "int4": "q4_0"}
+_GGUF_FOR_DTYPE = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def _gguf_file_type(path: Path) -> str:
+    """A GGUF's general.file_type as `srlm export --type` names it (f16, q8_0, q4_k_m, ...)."""
+    import gguf
+
+    from srlm.model.gguf import read_header
+
+    _, meta = read_header(path)
+    try:
+        name = gguf.LlamaFileType(int(meta["general.file_type"])).name
+    except (KeyError, ValueError, TypeError):
+        return "unknown"
+    return name.lower().removeprefix("mostly_").removeprefix("all_")
+
+
+class _GGUFExports:
+    """GGUF files of the checkpoint, written under `tmp` by srlm's exporter on first use (from float32
+    weights, so nothing is rounded twice), with a placeholder tokenizer where the checkpoint has none
+    that llama.cpp would take."""
+
+    def __init__(self, folder: Path, tmp: Path):
+        self.folder, self.tmp = folder, tmp
+        self.model = self.tokenizer = None
+        self.notes: list[str] = []
+
+    def _load(self):
+        from srlm.model import load
+        from srlm.model.gguf import pre_tokenizer_name
+
+        model, tok = load(self.folder, dtype="float32")
+        why = "the checkpoint has no tokenizer" if tok is None else None
+        if tok is not None:
+            try:
+                pre_tokenizer_name(tok)
+            except SrlmError as e:
+                why = f"the checkpoint's tokenizer cannot go into a GGUF ({e})"
+        if why:
+            from srlm.tokenizer import train_bpe
+
+            tok = train_bpe(["placeholder vocabulary for srlm bench"] * 2, 300)  # needs merges for llama.cpp
+            self.notes.append(
+                f"{why}: the GGUF carries a placeholder byte-level BPE vocabulary "
+                "(the prompts are token ids, so speed does not depend on it)"
+            )
+        self.model, self.tokenizer = model, tok
+
+    def get(self, qtype: str) -> Path:
+        from srlm.model.gguf import export
+
+        if self.model is None:
+            self._load()
+        out = self.tmp / f"bench-{qtype}.gguf"
+        if not out.exists():
+            print(f"# exporting {qtype} GGUF for llama.cpp", file=sys.stderr, flush=True)
+            export(self.model, self.tokenizer, out, qtype)
+        return out
+
+    def close(self):
+        self.model = self.tokenizer = None  # the float32 copy is not kept through the measurements
+
+
+class _LlamaCpp:
+    """llama.cpp through llama-cpp-python, one sequence at a time (its Python API decodes no batch > 1)."""
+
+    batch1_only = True
+
+    def __init__(self, path: Path, gguf_type: str, source: str, threads: int, n_ctx: int, n_batch: int, closing):
+        Llama = _llama_cpp().Llama
+        try:
+            self.llm = Llama(
+                str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=False,
+                verbose=False,
+            )
+        except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
+            raise SrlmError(f"llama.cpp cannot load {path.name} ({gguf_type}): {e}") from None
+        closing.callback(self.llm.close)
+        self.dtype = f"gguf {gguf_type}"
+        self.gguf_type, self.source = gguf_type, source
+        self.gguf_mib = round(path.stat().st_size / 2**20, 2)
+
+    def run(self, prompts, new_tokens: int) -> int:
+        (prompt,) = prompts
+        self.llm.reset()  # nothing of an earlier run is reused: the whole prompt is evaluated every time
+        n = 0
+        tokens = self.llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+        try:
+            for _ in tokens:  # greedy; exactly new_tokens, EOS included, like srlm's stop_token_ids=[]
+                n += 1
+                if n >= new_tokens:
+                    break
+        finally:
+            tokens.close()
+        return n
+
+
+def _llama_cpp_variants(args, source_gguf: Path | None, srlm_dtype: str, exports, threads: int, closing):
+    """{name: _LlamaCpp} for the base file and one per --quantize (each closed by the ExitStack `closing`),
+    and notes on what was chosen."""
+    n_ctx = max(args.prefill_len + 1, args.prompt_len + args.new_tokens, 16)
+    kw = {"threads": threads, "n_ctx": n_ctx, "n_batch": max(512, args.prefill_len), "closing": closing}
+    notes = []
+    out = {}
+    if source_gguf is not None:
+        if args.gguf_type:
+            raise SrlmError("--gguf-type: PATH is a .gguf file already, which llama.cpp runs as it is")
+        out["llama.cpp"] = _LlamaCpp(source_gguf, _gguf_file_type(source_gguf), "the given file", **kw)
+    else:
+        want = args.gguf_type or _GGUF_FOR_DTYPE.get(srlm_dtype, "f32")
+        try:
+            out["llama.cpp"] = _LlamaCpp(exports.get(want), want, "srlm export", **kw)
+            out["llama.cpp"].run([[1, 2, 3]], 2)  # a type llama.cpp loads but cannot compute fails here
+        except Exception as e:
+            if want != "bf16" or args.gguf_type:
+                raise
+            notes.append(f"llama.cpp could not run the bf16 export ({type(e).__name__}: {e}); it runs f16")
+            out["llama.cpp"] = _LlamaCpp(exports.get("f16"), "f16", "srlm export", **kw)
+    if args.quantize:
+        q = GGUF_QUANT[args.quantize]
+        out[f"llama.cpp-{q}"] = _LlamaCpp(exports.get(q), q, "srlm export", **kw)
+    notes.append(
+        "decode batches above 1 and rollouts are null for llama.cpp: llama-cpp-python's Llama decodes one "
+        "sequence per context"
+    )
+    return out, notes
+
+
 def _quantization_quality(ref_engine, q_engine, prompt: list[int], new_tokens: int) -> dict:
     """How far the quantized model's next-token distributions are from the reference's, teacher-forced
     on the reference's own greedy continuation of `prompt`: top-1 (greedy) agreement, mean KL(ref || q)
@@ -255,15 +431,28 @@ def main(args) -> int:
             raise SrlmError(f"--{name.replace('_', '-')} must be positive")
     if any(b <= 0 for b in args.batch):
         raise SrlmError("--batch sizes must be positive")
-    with tempfile.TemporaryDirectory(prefix="srlm-bench-") as tmp:
-        folder = _materialise(args, Path(tmp))
+    if "llama.cpp" in args.compare:
+        _llama_cpp()  # not installed: say so before any work
+    # the ExitStack closes llama.cpp's models before the temporary folder with their files goes
+    with tempfile.TemporaryDirectory(prefix="srlm-bench-") as tmp, contextlib.ExitStack() as closing:
+        folder, source_gguf = _materialise(args, Path(tmp))
         dtype = args.dtype or ("bfloat16" if args.random_init else None)
         variants: dict[str, object] = {"srlm": _Srlm(folder, dtype, None)}
         if args.quantize:
             variants[f"srlm-{args.quantize}"] = _Srlm(folder, dtype, args.quantize)
         peak_rss = _peak_rss_mb()
-        if args.compare == "hf":
+        srlm_names = list(variants)
+        if "hf" in args.compare:
             variants["hf"] = _HF(folder, dtype)
+        llama_notes: list[str] = []
+        if "llama.cpp" in args.compare:
+            exports = _GGUFExports(folder, Path(tmp))
+            lc, llama_notes = _llama_cpp_variants(
+                args, source_gguf, variants["srlm"].dtype, exports, torch.get_num_threads(), closing
+            )
+            variants.update(lc)
+            llama_notes = exports.notes + llama_notes
+            exports.close()
         ref = variants["srlm"]
         g = torch.Generator().manual_seed(args.seed)
         vocab = ref.vocab
@@ -293,6 +482,8 @@ def main(args) -> int:
         for _ in range(args.rounds):
             for key, ps, new in work:
                 for name, v in variants.items():
+                    if getattr(v, "batch1_only", False) and len(ps) > 1:
+                        continue
                     dt, n = _timed(v.run, ps, new)
                     rate = (len(ps[0]) if key == "prefill" else n) / dt
                     cur = best[name].get(key)
@@ -331,19 +522,38 @@ def main(args) -> int:
             "fraction_of_roofline": sig(max(mem_s, flop_s) / step_s),
         }
 
+    def rate(name, key):  # None where the variant did not run (llama.cpp beyond batch 1)
+        x = best[name].get(key)
+        return None if x is None else round(x, 1)
+
     def figures(name):
         b = best[name]
         out = {
             "prefill_tokens_per_s": round(b["prefill"], 1),
             "ttft_s": round(b["ttft"], 4),
-            "decode_tokens_per_s": {str(k): round(b[f"decode_b{k}"], 1) for k in args.batch},
+            "decode_tokens_per_s": {str(k): rate(name, f"decode_b{k}") for k in args.batch},
             "dtype": variants[name].dtype,
         }
         if rollouts:
-            out["rollout_tokens_per_s"] = {str(k): round(b[f"rollout_b{k}"], 1) for k in rollouts}
-            if name != "hf":
+            out["rollout_tokens_per_s"] = {str(k): rate(name, f"rollout_b{k}") for k in rollouts}
+            if name in srlm_names:
                 out["roofline"] = {str(k): roofline(name, k, b[f"rollout_b{k}"]) for k in rollouts}
+        if isinstance(variants[name], _LlamaCpp):
+            out.update(gguf_type=variants[name].gguf_type, gguf_mib=variants[name].gguf_mib)
+            out["gguf_source"] = variants[name].source
         return out
+
+    def ratios(name, other):
+        def r(key):
+            a, b = best[name].get(key), best[other].get(key)
+            return None if a is None or b is None else round(a / b, 2)
+
+        return {
+            "prefill": r("prefill"),
+            "ttft": round(best[other]["ttft"] / best[name]["ttft"], 2),
+            **{f"decode_b{b}": r(f"decode_b{b}") for b in args.batch},
+            **{f"rollout_b{b}": r(f"rollout_b{b}") for b in rollouts},
+        }
 
     result = {
         "model": args.preset or str(args.path),
@@ -372,16 +582,17 @@ def main(args) -> int:
         import transformers
 
         result["transformers"] = transformers.__version__
-        hf = best["hf"]
-        result["ratios_vs_hf"] = {
-            name: {
-                "prefill": round(best[name]["prefill"] / hf["prefill"], 2),
-                "ttft": round(hf["ttft"] / best[name]["ttft"], 2),
-                **{f"decode_b{b}": round(best[name][f"decode_b{b}"] / hf[f"decode_b{b}"], 2) for b in args.batch},
-                **{f"rollout_b{b}": round(best[name][f"rollout_b{b}"] / hf[f"rollout_b{b}"], 2) for b in rollouts},
-            }
-            for name in variants
-            if name != "hf"
+        result["ratios_vs_hf"] = {name: ratios(name, "hf") for name in srlm_names}
+    if "llama.cpp" in variants:
+        llama_cpp = _llama_cpp()
+        result["llama_cpp"] = llama_cpp.__version__
+        result["llama_cpp_system"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip(" |")
+        result["llama_cpp_notes"] = llama_notes
+        # srlm against the file of the matching type: srlm -> the f32/bf16/f16 file, int8 -> q8_0, int4 -> q4_0
+        against = {"srlm": "llama.cpp", **{f"srlm-{q}": f"llama.cpp-{t}" for q, t in GGUF_QUANT.items()}}
+        result["ratios_vs_llama_cpp"] = {
+            name: {"vs": f"{against[name]} ({variants[against[name]].gguf_type})", **ratios(name, against[name])}
+            for name in srlm_names
         }
     print(json.dumps(result))
     return 0
