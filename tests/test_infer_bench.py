@@ -132,7 +132,7 @@ def test_bench_compares_with_hf_and_llama_cpp_together(capsys):
     assert out["ratios_vs_llama_cpp"]["srlm-int4"]["decode_b1"] > 0 and out["ratios_vs_hf"]["srlm"]["decode_b1"] > 0
 
 
-def test_bench_runs_a_given_gguf_as_it_is_in_llama_cpp(tmp_path, capsys):
+def test_bench_runs_a_given_gguf_beside_the_matching_exports(tmp_path, capsys):
     pytest.importorskip("llama_cpp")
     import torch
 
@@ -143,12 +143,17 @@ def test_bench_runs_a_given_gguf_as_it_is_in_llama_cpp(tmp_path, capsys):
     torch.manual_seed(0)
     tok = train_bpe(["a few words to learn a few merges from"] * 2, 300)
     path = export(CausalLM(preset("tiny")).eval(), tok, tmp_path / "tiny-q8_0.gguf", "q8_0")
-    assert main(["bench", str(path), "--compare", "llama.cpp", "--gguf-type", "f16", *SHORT]) == 1
-    assert "is a .gguf file already" in capsys.readouterr().err
+    # srlm runs the weights dequantized (float32): its match is a float export; the file runs as well
     assert main(["bench", str(path), "--compare", "llama.cpp", "--batch", "1", *SHORT]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["llama.cpp"]["gguf_type"] == "q8_0" and out["llama.cpp"]["gguf_source"] == "the given file"
+    assert out["llama.cpp"]["gguf_type"] == "f32" and out["llama.cpp"]["gguf_source"] == "srlm export"
+    assert out["llama.cpp-q8_0"]["gguf_source"] == "the given file"
     assert out["ratios_vs_llama_cpp"]["srlm"]["decode_b1"] > 0
+    # with --quantize int8 the given q8_0 file is the int8 variant's match, not exported again
+    assert main(["bench", str(path), "--compare", "llama.cpp", "--quantize", "int8", "--batch", "1", *SHORT]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["llama.cpp-q8_0"]["gguf_source"] == "the given file"
+    assert out["ratios_vs_llama_cpp"]["srlm-int8"]["vs"] == "llama.cpp-q8_0 (q8_0)"
     assert not any("placeholder" in note for note in out["llama_cpp_notes"])
 
 

@@ -20,9 +20,10 @@ on that continuation.
 
 With `--compare llama.cpp`, llama.cpp runs the same prompts through llama-cpp-python (`pip install
 llama-cpp-python`), alternating with the others: the checkpoint exported by `srlm.model.gguf.export`
-(a .gguf PATH is run as it is) in the type that matches srlm's dtype (float32 -> f32, bfloat16 ->
-bf16, falling back to f16 if llama.cpp cannot run it, float16 -> f16; `--gguf-type` overrides), and
-with `--quantize int8` / `int4` also a q8_0 / q4_0 export. Its figures are measured as srlm's are
+in the type that matches srlm's dtype (float32 -> f32, bfloat16 -> bf16, falling back to f16 if
+llama.cpp cannot run it, float16 -> f16; `--gguf-type` overrides), and with `--quantize int8` / `int4`
+also a q8_0 / q4_0 export. A .gguf PATH stands in for the export of its own type and otherwise runs
+beside them as `llama.cpp-<type>` (srlm runs its weights dequantized, so the float export is srlm's match). Its figures are measured as srlm's are
 (one token from a `--prefill-len` prompt; exactly `--new-tokens` greedy tokens, no stop, the prompt
 included; the context reset before every run so no prompt is reused from the cache), with
 `--threads` threads (llama.cpp's default micro-batch of 512 splits longer prefills). Its Python API
@@ -358,29 +359,34 @@ class _LlamaCpp:
 
 
 def _llama_cpp_variants(args, source_gguf: Path | None, srlm_dtype: str, exports, threads: int, closing):
-    """{name: _LlamaCpp} for the base file and one per --quantize (each closed by the ExitStack `closing`),
-    and notes on what was chosen."""
+    """{name: _LlamaCpp} for the float file matching srlm's dtype, one per --quantize, and a given .gguf in its
+    own type where none of those is it (each closed by the ExitStack `closing`); and notes on what was chosen."""
     n_ctx = max(args.prefill_len + 1, args.prompt_len + args.new_tokens, 16)
     kw = {"threads": threads, "n_ctx": n_ctx, "n_batch": max(512, args.prefill_len), "closing": closing}
     notes = []
     out = {}
-    if source_gguf is not None:
-        if args.gguf_type:
-            raise SrlmError("--gguf-type: PATH is a .gguf file already, which llama.cpp runs as it is")
-        out["llama.cpp"] = _LlamaCpp(source_gguf, _gguf_file_type(source_gguf), "the given file", **kw)
-    else:
-        want = args.gguf_type or _GGUF_FOR_DTYPE.get(srlm_dtype, "f32")
-        try:
-            out["llama.cpp"] = _LlamaCpp(exports.get(want), want, "srlm export", **kw)
-            out["llama.cpp"].run([[1, 2, 3]], 2)  # a type llama.cpp loads but cannot compute fails here
-        except Exception as e:
-            if want != "bf16" or args.gguf_type:
-                raise
-            notes.append(f"llama.cpp could not run the bf16 export ({type(e).__name__}: {e}); it runs f16")
-            out["llama.cpp"] = _LlamaCpp(exports.get("f16"), "f16", "srlm export", **kw)
+    given = _gguf_file_type(source_gguf) if source_gguf is not None else None
+
+    def run_type(qtype: str) -> _LlamaCpp:  # the given file where it is of that type, else srlm's export
+        if qtype == given:
+            return _LlamaCpp(source_gguf, qtype, "the given file", **kw)
+        return _LlamaCpp(exports.get(qtype), qtype, "srlm export", **kw)
+
+    want = args.gguf_type or _GGUF_FOR_DTYPE.get(srlm_dtype, "f32")
+    try:
+        out["llama.cpp"] = run_type(want)
+        out["llama.cpp"].run([[1, 2, 3]], 2)  # a type llama.cpp loads but cannot compute fails here
+    except Exception as e:
+        if want != "bf16" or args.gguf_type:
+            raise
+        notes.append(f"llama.cpp could not run the bf16 export ({type(e).__name__}: {e}); it runs f16")
+        out["llama.cpp"] = run_type("f16")
     if args.quantize:
         q = GGUF_QUANT[args.quantize]
-        out[f"llama.cpp-{q}"] = _LlamaCpp(exports.get(q), q, "srlm export", **kw)
+        out[f"llama.cpp-{q}"] = run_type(q)
+    if given is not None and given not in {v.gguf_type for v in out.values()}:
+        # the user's own file too, in its own type (srlm runs its weights dequantized: no matching variant)
+        out[f"llama.cpp-{given}"] = _LlamaCpp(source_gguf, given, "the given file", **kw)
     notes.append(
         "decode batches above 1 and rollouts are null for llama.cpp: llama-cpp-python's Llama decodes one "
         "sequence per context"
