@@ -88,10 +88,12 @@ def test_bench_rollouts_report_the_roofline_and_the_cpu(capsys):
     assert out["cpu"] and isinstance(out["flags"], list)
     assert out["machine_limits"]["memory_read_gb_s"] > 0 and out["machine_limits"]["matmul_gflop_s_float32"] > 0
     r = out["roofline"]["3"]
-    assert out["rollout_tokens_per_s"]["3"] > 0 and r["flops"] > 0 and r["weight_bytes"] > 0
-    assert r["fraction_of_roofline"] == pytest.approx(
-        max(r["memory_bound_s"], r["compute_bound_s"]) / r["step_s"], rel=0.02
-    )
+    assert out["rollout_tokens_per_s"]["3"] > 0 and r["weight_bytes"] > 0
+    assert r["prefill_flops"] > 0 and r["decode_flops"] > 0 and r["decode_steps"] == 4  # 5 tokens: 1 from prefill
+    assert r["call_s"] == pytest.approx(3 * 5 / out["rollout_tokens_per_s"]["3"], rel=0.02)
+    decode = max(r["decode_memory_bound_s"], r["decode_compute_bound_s"])
+    assert r["bound_s"] == pytest.approx(r["prefill_bound_s"] + decode, rel=0.01)
+    assert r["fraction_of_roofline"] == pytest.approx(r["bound_s"] / r["call_s"], rel=0.02)
     # int4 weights are read at about half a byte each: a quarter of the fp32 model's bytes or less, plus scales
     assert out["srlm-int4"]["roofline"]["3"]["weight_bytes"] < 0.3 * r["weight_bytes"]
     assert "rollout_b3" in out["ratios_vs_hf"]["srlm"] and out["hf"]["rollout_tokens_per_s"]["3"] > 0
@@ -164,3 +166,29 @@ def test_bench_says_how_to_install_llama_cpp(monkeypatch, capsys):
     assert main(["bench", "--preset", "tiny", "--random-init", "--compare", "llama.cpp"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and "pip install llama-cpp-python" in err[0] and err[0].startswith("srlm: error:")
+
+
+def test_rollout_cost_counts_each_phase_by_hand():
+    from srlm.commands.bench import rollout_cost
+    from srlm.model import CausalLM, preset
+
+    c = preset("tiny", tie_word_embeddings=False)
+    model = CausalLM(c)
+    hd, H, KV, L, V, D = (
+        c.head_dim,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.num_hidden_layers,
+        c.vocab_size,
+        c.hidden_size,
+    )
+    per_layer = D * (H + 2 * KV) * hd + H * hd * D + 3 * D * c.intermediate_size
+    body, head = L * per_layer, V * D
+    cost = rollout_cost(model, [3, 5], new_tokens=4)  # 2 rows; 3 decode steps
+    att = L * 4 * H * hd
+    assert cost["prompt_tokens"] == 8 and cost["decode_steps"] == 3
+    assert cost["weight_bytes"] == 4 * (body + head)  # fp32, the embedding not counted
+    assert cost["prefill_flops"] == 2 * body * 8 + 2 * head * 2 + att * (6 + 15)  # 1+2+3 and 1+..+5 positions
+    attended = (4 + 5 + 6) + (6 + 7 + 8)  # each row's steps attend to prompt + 1, + 2, + 3 positions
+    assert cost["decode_flops"] == 2 * (body + head) * 2 * 3 + att * attended
+    assert cost["decode_kv_bytes"] == L * 2 * KV * hd * 4 * attended

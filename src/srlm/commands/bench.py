@@ -21,13 +21,14 @@ on that continuation.
 With `--compare llama.cpp`, llama.cpp runs the same prompts through llama-cpp-python (`pip install
 llama-cpp-python`), alternating with the others: the checkpoint exported by `srlm.model.gguf.export`
 in the type that matches srlm's dtype (float32 -> f32, bfloat16 -> bf16, falling back to f16 if
-llama.cpp cannot run it, float16 -> f16; `--gguf-type` overrides), and with `--quantize int8` / `int4`
-also a q8_0 / q4_0 export. A .gguf PATH stands in for the export of its own type and otherwise runs
-beside them as `llama.cpp-<type>` (srlm runs its weights dequantized, so the float export is srlm's match). Its figures are measured as srlm's are
-(one token from a `--prefill-len` prompt; exactly `--new-tokens` greedy tokens, no stop, the prompt
-included; the context reset before every run so no prompt is reused from the cache), with
-`--threads` threads (llama.cpp's default micro-batch of 512 splits longer prefills). Its Python API
-decodes one sequence at a time, so decode batches above 1 and rollouts are null for it.
+llama.cpp cannot run it, float16 -> f16; `--gguf-type` overrides), and with `--quantize int8` /
+`int4` also a q8_0 / q4_0 export. A .gguf PATH stands in for the export of its own type and
+otherwise runs beside them as `llama.cpp-<type>` (srlm runs its weights dequantized, so the float
+export is srlm's match). Its figures are measured as srlm's are (one token from a `--prefill-len`
+prompt; exactly `--new-tokens` greedy tokens, no stop, the prompt included; the context reset before
+every run so no prompt is reused from the cache), with `--threads` threads (llama.cpp's default
+micro-batch of 512 splits longer prefills). Its Python API decodes one sequence at a time, so decode
+batches above 1 and rollouts are null for it.
 `ratios_vs_llama_cpp` sets srlm against the file of the matching type (srlm -> the f32/bf16/f16
 file, srlm-int8 -> q8_0, srlm-int4 -> q4_0). A checkpoint without a tokenizer llama.cpp can load
 (a `--random-init` preset) gets a placeholder byte-level BPE vocabulary in the file; the prompts
@@ -38,10 +39,13 @@ CPU features its llama.cpp was built with (`llama_cpp_system`).
 of `--rollout-tokens` (256) new tokens from prompts of mixed lengths (`--prompt-len` / 2 to
 2 x `--prompt-len`), and sets it against the machine's limits, measured in the same run: memory
 read bandwidth (a large reduction) and matmul throughput (2048 x 2048 in the model's dtype).
-For each batch, `roofline` gives the bytes (weights, and the KV cache at the mean context) and
-FLOPs of one decode step, the step time each limit allows, and `fraction_of_roofline` = the
-larger of those bounds / the measured step time (1.0 would be the machine's limit). The CPU's
-name and its avx2 / avx512 / bf16 / amx flags are printed with every result.
+The figure is the whole call, prompts' prefill included, as for transformers. For each batch,
+`roofline` counts that call's work (`rollout_cost`): the prefill's FLOPs over the prompts' real
+tokens and its weight bytes, and the decode steps' FLOPs, weight bytes and KV-cache bytes. Each
+phase takes at least the longer of its bytes / bandwidth and its FLOPs / matmul throughput;
+`bound_s` is their sum, the fastest the call could run on this machine, and `fraction_of_roofline`
+= bound_s / the measured call time (1.0 would be the machine's limit). The CPU's name and its
+avx2 / avx512 / bf16 / amx flags are printed with every result.
 """
 
 from __future__ import annotations
@@ -193,24 +197,44 @@ def machine_limits(dtype) -> dict:
     return {"memory_read_gb_s": round(bw, 1), f"matmul_gflop_s_{str(dtype).replace('torch.', '')}": round(flops, 1)}
 
 
-def step_cost(model, batch: int, context: float) -> dict:
-    """Bytes read and FLOPs of one decode step of `batch` rows at a mean `context` length: every Linear
-    weight once (int8/int4 buffers at their size), the KV cache of each row, 2 FLOPs per weight per row
-    and the attention's 4 x heads x head_dim FLOPs per cached position per row."""
+def rollout_cost(model, prompt_lens: list[int], new_tokens: int) -> dict:
+    """Bytes read and FLOPs of one rollout call: the prefill of every prompt (its real tokens, logits at
+    the last only) and `new_tokens` - 1 decode steps of all rows (the first token comes from the prefill).
+
+    Weights: every Linear once per pass (int8/int4 buffers at their size); 2 FLOPs per weight per
+    row; attention 4 x heads x head_dim FLOPs per attended position per row; the KV cache of every
+    row read once a step. Activations are left out (small beside these at rollout sizes)."""
     import torch.nn as nn
 
     c = model.config
-    weight_bytes = weights = 0
-    for m in model.modules():
+    weight_bytes = weights = head = 0
+    for name, m in model.named_modules():
         w = getattr(m, "weight", None)
         if w is not None and not isinstance(m, nn.Embedding) and "norm" not in type(m).__name__.lower():
             weight_bytes += w.numel() * w.element_size()
-            weights += getattr(m, "in_features", 0) * getattr(m, "out_features", 0)
-    kv_elem = next(model.parameters()).element_size() if next(model.parameters()).is_floating_point() else 2
+            n = getattr(m, "in_features", 0) * getattr(m, "out_features", 0)
+            weights += n
+            head += n if name == "lm_head" else 0
+    p0 = next(model.parameters())
+    kv_elem = p0.element_size() if p0.is_floating_point() else 2
     layers = c.effective_layers
-    kv_bytes = batch * layers * 2 * c.num_key_value_heads * c.head_dim * context * kv_elem
-    flops = 2 * weights * batch + batch * layers * 4 * c.num_attention_heads * c.head_dim * context
-    return {"weight_bytes": weight_bytes, "kv_bytes": int(kv_bytes), "flops": int(flops)}
+    att = layers * 4 * c.num_attention_heads * c.head_dim  # FLOPs per attended position per row
+    kv_pos = layers * 2 * c.num_key_value_heads * c.head_dim * kv_elem  # cache bytes per position per row
+    rows, steps = len(prompt_lens), max(0, new_tokens - 1)
+    prompt_tokens = sum(prompt_lens)
+    prefill_flops = (
+        2 * (weights - head) * prompt_tokens + 2 * head * rows + att * sum(n * (n + 1) / 2 for n in prompt_lens)
+    )
+    # decode step j (1..steps) attends to prompt + j positions
+    attended = sum(n * steps + steps * (steps + 1) / 2 for n in prompt_lens)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "decode_steps": steps,
+        "weight_bytes": weight_bytes,
+        "prefill_flops": int(prefill_flops),
+        "decode_flops": int(2 * weights * rows * steps + att * attended),
+        "decode_kv_bytes": int(kv_pos * attended),
+    }
 
 
 class _HF:
@@ -508,24 +532,29 @@ def main(args) -> int:
 
     def roofline(name, b, rate):
         ps = next(ps for key, ps, _ in work if key == f"rollout_b{b}")
-        context = sum(len(p) for p in ps) / len(ps) + args.rollout_tokens / 2
-        cost = step_cost(variants[name].engine.model, b, context)
-        step_s = b / rate
+        cost = rollout_cost(variants[name].engine.model, [len(p) for p in ps], args.rollout_tokens)
+        call_s = b * args.rollout_tokens / rate
         bw = limits["memory_read_gb_s"] * 1e9
         peak = next(v for k, v in limits.items() if k.startswith("matmul")) * 1e9
-        mem_s, flop_s = (cost["weight_bytes"] + cost["kv_bytes"]) / bw, cost["flops"] / peak
+        # each phase is bound by the slower of its bytes and its FLOPs; the call by the sum of its phases
+        pre_mem, pre_flop = cost["weight_bytes"] / bw, cost["prefill_flops"] / peak
+        steps = cost["decode_steps"]
+        dec_mem = (steps * cost["weight_bytes"] + cost["decode_kv_bytes"]) / bw
+        dec_flop = cost["decode_flops"] / peak
+        bound = max(pre_mem, pre_flop) + max(dec_mem, dec_flop)
 
         def sig(x):  # 4 significant digits: these span microseconds to seconds
             return float(f"{x:.4g}")
 
         return {
             **cost,
-            "step_s": sig(step_s),
-            "memory_bound_s": sig(mem_s),
-            "compute_bound_s": sig(flop_s),
-            "fraction_of_memory_limit": sig(mem_s / step_s),
-            "fraction_of_compute_limit": sig(flop_s / step_s),
-            "fraction_of_roofline": sig(max(mem_s, flop_s) / step_s),
+            "call_s": sig(call_s),
+            "prefill_bound_s": sig(max(pre_mem, pre_flop)),
+            "decode_memory_bound_s": sig(dec_mem),
+            "decode_compute_bound_s": sig(dec_flop),
+            "bound_s": sig(bound),
+            "bound_by": "compute" if pre_flop + dec_flop >= pre_mem + dec_mem else "memory",
+            "fraction_of_roofline": sig(bound / call_s),
         }
 
     def rate(name, key):  # None where the variant did not run (llama.cpp beyond batch 1)
