@@ -240,3 +240,23 @@ def test_a_trait_the_fused_step_lacks_is_refused_once_and_decoding_stays_right(e
             want.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
     assert got == want
+
+
+def test_an_fp32_model_decodes_in_bf16_when_asked():
+    """A trainer's fp32 policy sampled under bf16: fused weights, embedding and cache in bf16, the weights untouched."""
+    model = _model()
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    engine = Engine(model, dtype=torch.bfloat16)
+    got = engine.generate(prompts, max_new_tokens=6, temperature=0, stop_token_ids=[], return_logprobs=True)
+    assert engine.cache_dtype == torch.bfloat16 and engine._fused.embed.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # the same tokens as the model itself in bf16, and log-probs within bf16 rounding of fp32's
+    want = Engine(_model(dtype=torch.bfloat16)).generate(prompts, max_new_tokens=6, temperature=0, stop_token_ids=[])
+    fp32 = Engine(model).generate(prompts, max_new_tokens=6, temperature=0, stop_token_ids=[], return_logprobs=True)
+    assert [c.token_ids for g in got for c in g] == [c.token_ids for g in want for c in g]
+    for g, f in zip(got, fp32):
+        if g[0].token_ids == f[0].token_ids:
+            torch.testing.assert_close(torch.tensor(g[0].logprobs), torch.tensor(f[0].logprobs), atol=0.05, rtol=0)
+    # a model with a layer the fused step cannot cast (int8) decodes in its own dtype
+    q = quantize_model(_model(), compute_dtype=torch.float32)
+    assert Engine(q, dtype=torch.bfloat16).cache_dtype == torch.float32

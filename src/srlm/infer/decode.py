@@ -28,17 +28,24 @@ from srlm.model.cache import KVCache
 from srlm.model.transformer import ACT_FNS, build_mask, rope_inv_freq
 
 
-def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(weight, bias) of a Linear whose forward is x @ W.T + b, LoRA merged; None for anything else
-    (int8, sharded or custom layers), which then runs through its own forward."""
+def _plain_kind(m: nn.Module) -> str | None:
+    """ "plain" for a Linear whose forward is x @ W.T + b, "lora" for srlm's LoRALinear (W + scale * B @ A),
+    None for anything else (int8, sharded or custom layers), which then runs through its own forward."""
     if not isinstance(m, nn.Linear) or type(m.weight) not in (nn.Parameter, torch.Tensor):
         return None
     if type(m) is nn.Linear or getattr(type(m), "fusable", False):
-        return m.weight, m.bias
-    delta = getattr(m, "delta", None)  # srlm's LoRALinear: W + scale * B @ A
-    if callable(delta) and type(m).forward is not nn.Linear.forward:
-        return m.weight + delta().to(m.weight.dtype), m.bias
+        return "plain"
+    if callable(getattr(m, "delta", None)) and type(m).forward is not nn.Linear.forward:
+        return "lora"
     return None
+
+
+def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of a Linear whose forward is x @ W.T + b, LoRA merged; None for other layers."""
+    kind = _plain_kind(m)
+    if kind == "lora":
+        return m.weight + m.delta().to(m.weight.dtype), m.bias
+    return (m.weight, m.bias) if kind == "plain" else None
 
 
 class _Proj:
@@ -49,7 +56,11 @@ class _Proj:
     """
 
     def __init__(
-        self, mods: list[nn.Module], col_scale: torch.Tensor | None = None, row_scale: torch.Tensor | None = None
+        self,
+        mods: list[nn.Module],
+        col_scale: torch.Tensor | None = None,
+        row_scale: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
     ):
         plain = [_plain_weight(m) for m in mods]
         self.mods, self.col_scale, self.row_scale = mods, col_scale, row_scale
@@ -65,10 +76,11 @@ class _Proj:
                 if row_scale is not None:
                     wf = wf * row_scale.float()[:, None]
                 w = wf.to(w.dtype)
-            self.weight = w.detach()
+            self.weight = w.detach().to(dtype or w.dtype)
             if any(p[1] is not None for p in plain):
                 b = torch.cat([p[1] if p[1] is not None else w.new_zeros(m.out_features) for p, m in zip(plain, mods)])
-                self.bias = (b * row_scale.to(b.dtype) if row_scale is not None else b).detach()
+                b = b * row_scale.to(b.dtype) if row_scale is not None else b
+                self.bias = b.detach().to(self.weight.dtype)
         self.q8 = None
         if (
             self.weight is None
@@ -166,8 +178,9 @@ class FusedDecoder:
     batched matmul by a per-row (head_dim x head_dim) rotation built once per step.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, dtype: torch.dtype | None = None):
         self.model = model
+        self.cast = dtype  # compute in this dtype instead of the weights' (see `compute_dtype`)
         c = model.config
         self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.hidden = c.hidden_size
@@ -214,6 +227,22 @@ class FusedDecoder:
             return False
         return True
 
+    @staticmethod
+    def compute_dtype(model, dtype: torch.dtype | None = None) -> torch.dtype:
+        """The dtype a step computes in: `dtype` where every projection is a plain (fusable) float layer
+        that can be cast to it (a trainer's fp32 policy sampled in bf16), else the weights' own."""
+        own = model.model.embed_tokens.weight.dtype
+        own = own if own.is_floating_point else torch.float32
+        if dtype is None or dtype == own:
+            return own
+        projs = [model.lm_head]
+        for layer in model.model.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            projs += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if all(_plain_kind(m) is not None and m.weight.is_floating_point() for m in projs):
+            return dtype
+        return own
+
     def _version(self):
         return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
@@ -232,7 +261,10 @@ class FusedDecoder:
         inner = m.model
         self.embed = inner.embed_tokens.weight
         dev = self.embed.device
-        self.dtype = self.embed.dtype if self.embed.is_floating_point() else torch.float32
+        self.dtype = self.compute_dtype(m, self.cast)
+        if self.embed.dtype != self.dtype:
+            self.embed = self.embed.detach().to(self.dtype)
+        cast = self.dtype if self.cast is not None else None
         # _rms leaves out sqrt(D): fold it, with the norm weight, into whatever reads the normed vector
         root = math.sqrt(self.hidden)
         self._c_hidden = torch.tensor(self.hidden * self.eps, dtype=torch.float32, device=dev)
@@ -260,14 +292,16 @@ class FusedDecoder:
                 qkv_rows[:n_q] = scale
             self.layers.append(
                 dict(
-                    qkv=_Proj([a.q_proj, a.k_proj, a.v_proj], gain(layer.input_layernorm) * root, qkv_rows),
+                    qkv=_Proj([a.q_proj, a.k_proj, a.v_proj], gain(layer.input_layernorm) * root, qkv_rows, cast),
                     qk_norm=qk_norm,
-                    o=_Proj([a.o_proj]),
-                    gate_up=_Proj([mlp.gate_proj, mlp.up_proj], gain(layer.post_attention_layernorm) * root),
-                    down=_Proj([mlp.down_proj]),
+                    o=_Proj([a.o_proj], dtype=cast),
+                    gate_up=_Proj(
+                        [mlp.gate_proj, mlp.up_proj], gain(layer.post_attention_layernorm) * root, None, cast
+                    ),
+                    down=_Proj([mlp.down_proj], dtype=cast),
                 )
             )
-        self.head = _Proj([m.lm_head], gain(inner.norm) * root)
+        self.head = _Proj([m.lm_head], gain(inner.norm) * root, dtype=cast)
         projs = [self.head] + [L[k] for L in self.layers for k in ("qkv", "o", "gate_up", "down")]
         if dev.type == "cpu" and torch.backends.mkldnn.is_available():
             for p in projs:

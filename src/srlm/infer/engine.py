@@ -81,9 +81,14 @@ def _regex_condition(pattern: str | re.Pattern) -> Callable[[str], bool]:
 
 
 class Engine:
-    """Generation, streaming and log-likelihoods for a `CausalLM` (optionally with its tokenizer)."""
+    """Generation, streaming and log-likelihoods for a `CausalLM` (optionally with its tokenizer).
 
-    def __init__(self, model, tokenizer=None):
+    `dtype`: decode in this dtype instead of the weights' (e.g. torch.bfloat16 for a trainer's fp32
+    policy under bf16 autocast: its rollouts then read half the bytes), where the fused step runs and
+    every projection is a plain float layer; elsewhere the weights' dtype. `loglikelihood` is unaffected.
+    """
+
+    def __init__(self, model, tokenizer=None, dtype: torch.dtype | None = None):
         # the train/eval mode is left alone (a trainer's model stays in training mode; srlm's decoder
         # has no dropout, so outputs do not depend on it)
         self.model = model
@@ -93,6 +98,10 @@ class Engine:
         p = next(model.parameters())
         self.device = p.device
         self.cache_dtype = p.dtype if p.is_floating_point() else torch.float32
+        self.dtype = None
+        if dtype is not None and FusedDecoder.supported(model):
+            self.cache_dtype = FusedDecoder.compute_dtype(model, dtype)
+            self.dtype = self.cache_dtype
         self.vocab_size = self.config.vocab_size
         self.max_context = self.config.max_position_embeddings
         self.think_ids = None
@@ -117,7 +126,7 @@ class Engine:
         if not FusedDecoder.supported(self.model):
             return None
         if self._fused is None:
-            self._fused = FusedDecoder(self.model)
+            self._fused = FusedDecoder(self.model, self.dtype)
         self._fused.refresh(max_len)
         return self._fused
 

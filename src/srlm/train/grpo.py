@@ -191,6 +191,7 @@ class GRPOStage(Stage):
             sampling=cfg.sampling,
             n=G,
             seed=(cfg.seed * 100_003 + rollout) * n_gen + gen_rank,
+            dtype=torch.bfloat16 if uses_bf16(cfg, device) else None,
         )
         if n_gen > 1:
             shares = [None] * n_gen

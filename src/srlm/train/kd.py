@@ -33,7 +33,7 @@ from srlm.errors import SrlmError
 from srlm.infer.sampling import SamplingParams
 from srlm.model.transformer import chunked_cross_entropy
 from srlm.train.distributed import SamplingPolicy, is_main
-from srlm.train.loop import train
+from srlm.train.loop import train, uses_bf16
 from srlm.train.losses import DISTILL_KINDS, distill_loss
 from srlm.train.sft import SFTConfig, SFTStage, prepare, recipe_config  # noqa: F401 (recipe_config: KD's too)
 
@@ -251,6 +251,7 @@ class KDStage(SFTStage):
             sampling=cfg.on_policy_sampling,
             n=1,
             seed=cfg.seed * 104729 + int(batch["index"]),
+            dtype=torch.bfloat16 if uses_bf16(cfg, ids.device) else None,
         )
         return pad_rows(prompts, [g[0].token_ids for g in groups], self.pad_id, device=ids.device)
 

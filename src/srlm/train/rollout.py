@@ -1,9 +1,10 @@
 """Sampling completions from the policy being trained, and padding them into training rows.
 
 GRPO's rollouts and on-policy distillation both ask the same two things:
-- `sample(policy, tokenizer, prompts, n=..., **sampling)`: completions from the engine with the
-  policy in eval mode (no activation checkpointing or dropout while sampling), its training mode
-  restored afterwards; returns the engine's groups, one list of `n` completions per prompt;
+- `sample(policy, tokenizer, prompts, n=..., dtype=..., **sampling)`: completions from the engine with
+  the policy in eval mode (no activation checkpointing or dropout while sampling), its training mode
+  restored afterwards, decoded in bf16 when the trainer runs under bf16 autocast (as its forward
+  does); returns the engine's groups, one list of `n` completions per prompt;
 - `pad_rows(prompts, completions, pad_id)`: prompt + completion token rows right-padded to one
   length, with the mask of the positions whose *next* token is a completion token (what the
   loss supervises: mask[r, t] is True when ids[r, t + 1] was sampled).
@@ -17,8 +18,9 @@ from srlm.data.collate import pad_right
 
 
 @torch.no_grad()
-def sample(policy, tokenizer, prompts: list[list[int]], **generate_kwargs) -> list:
-    """Completions of `prompts` by `policy` (see `srlm.infer.engine.Engine.generate` for the options)."""
+def sample(policy, tokenizer, prompts: list[list[int]], dtype: torch.dtype | None = None, **generate_kwargs) -> list:
+    """Completions of `prompts` by `policy` (see `srlm.infer.engine.Engine.generate` for the options);
+    `dtype` the engine decodes in (torch.bfloat16 when the trainer runs under bf16 autocast)."""
     from srlm.infer.engine import Engine
 
     if not prompts:
@@ -26,7 +28,7 @@ def sample(policy, tokenizer, prompts: list[list[int]], **generate_kwargs) -> li
     was_training = policy.training
     policy.eval()
     try:
-        return Engine(policy, tokenizer).generate(prompts, **generate_kwargs)
+        return Engine(policy, tokenizer, dtype=dtype).generate(prompts, **generate_kwargs)
     finally:
         policy.train(was_training)
 
