@@ -26,9 +26,9 @@ What is held equal (so the two do the same work):
   here, as srlm's default is);
 - the precision, `--dtype`: fp32 runs everything in fp32. bf16 is each framework's own bf16 mode:
   fp32 weights and optimizer state with bf16 autocast (srlm `dtype: bf16`; TRL `bf16=True`, i.e.
-  accelerate's autocast). Where each applies it is the framework's own choice and is printed
-  (`generate_autocast`): srlm samples its rollouts outside autocast (fp32 matmuls), while
-  accelerate wraps the model's forward, so TRL's generate runs under bf16 autocast too;
+  accelerate's autocast). Both sample their rollouts in bf16 too: srlm's engine casts its fused
+  weights (`generate_dtype`), and accelerate wraps the model's forward, so TRL's generate runs under
+  bf16 autocast (`generate_autocast`);
 - threads (`--threads`, torch.set_num_threads) and seeds (0).
 
 What is the framework's own doing and so part of what is compared: srlm runs a group's prompt once
@@ -135,7 +135,10 @@ def bench_srlm(
     )
     model, tok = grpo.prepare(cfg)
     stage = grpo.GRPOStage(cfg, tok, model=model, examples=[Example(id="p", prompt=PROMPT, answer="17")])
-    autocast_seen = _autocast_probe(model)
+    from srlm.infer.decode import FusedDecoder
+    from srlm.train.loop import uses_bf16
+
+    engine_dtype = FusedDecoder.compute_dtype(model, torch.bfloat16 if uses_bf16(cfg, torch.device("cpu")) else None)
     grpo.train(cfg, model, tok, stage, stage_name="grpo")
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in log if "step_time_s" in r][warmup:]  # one record per step (log_every 1)
@@ -144,7 +147,8 @@ def bench_srlm(
         "steps_timed": len(timed),
         "generate_s": statistics.median(r["time_generate_s"] for r in timed),
         "completion_len": statistics.mean(r["completion_len"] for r in log if "completion_len" in r),
-        "generate_autocast": autocast_seen["generate"],
+        # srlm's rollouts run on the engine's own fused weights, not through the model's forward
+        "generate_dtype": str(engine_dtype).replace("torch.", ""),
         "prompt_ids": stage.prompt_ids[0],
     }
 
