@@ -56,6 +56,11 @@ def add_sampling_arguments(p, temperature: float | None = None, max_new_tokens: 
     )
     p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
     p.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="do not stop at the end-of-sequence / end-of-turn tokens (exactly --max-new-tokens, e.g. to time it)",
+    )
+    p.add_argument(
         "--stop-regex",
         default=None,
         metavar="PATTERN",
@@ -108,6 +113,7 @@ def sampling_kwargs(args, n: int = 1) -> dict:
         thinking_budget=args.thinking_budget,
         stop_strings=args.stop,
         stop_condition=_compile_regex(args.stop_regex),
+        stop_token_ids=[] if getattr(args, "ignore_eos", False) else None,
     )
 
 

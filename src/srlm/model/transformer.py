@@ -75,7 +75,11 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        # on the meta device (a model built to receive loaded weights) a placeholder: the loader recomputes it,
+        # and computing it there would go through torch._refs (see Model.__init__)
+        meta = torch.get_default_device().type == "meta"
+        inv = torch.empty(config.head_dim // 2) if meta else rope_inv_freq(config)
+        self.register_buffer("inv_freq", inv, persistent=False)
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[:, :, None].float() * self.inv_freq.float()[None, None, :]
@@ -191,7 +195,11 @@ class Model(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        shape = (config.vocab_size, config.hidden_size)
+        # built on the meta device to receive loaded weights: no init, since nn.Embedding's normal_ goes
+        # through torch._refs there, which imports torch._dynamo (~1 s of every command's start-up)
+        meta = torch.get_default_device().type == "meta"
+        self.embed_tokens = nn.Embedding(*shape, _weight=torch.empty(shape) if meta else None)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.traits.norm_offset)
         self.embed_scale = math.sqrt(config.hidden_size) if config.traits.scale_embeddings else None
@@ -253,6 +261,8 @@ class CausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def reset_parameters(self):
+        if self.lm_head.weight.is_meta:  # built to receive loaded weights: nothing to draw
+            return
         std = self.config.initializer_range
         for m in self.modules():
             if isinstance(m, nn.Linear):
