@@ -260,3 +260,20 @@ def test_an_fp32_model_decodes_in_bf16_when_asked():
     # a model with a layer the fused step cannot cast (int8) decodes in its own dtype
     q = quantize_model(_model(), compute_dtype=torch.float32)
     assert Engine(q, dtype=torch.bfloat16).cache_dtype == torch.float32
+
+
+def test_a_few_bf16_rows_keep_their_cache_in_fp32_with_the_same_results(monkeypatch):
+    import srlm.infer.decode as decode
+
+    model = _model(dtype=torch.bfloat16)
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    kw = dict(max_new_tokens=6, temperature=0, stop_token_ids=[], return_logprobs=True)
+    engine = Engine(model)
+    got = engine.generate(prompts, **kw)
+    assert engine._fused.cache_dtype(2) == torch.float32
+    monkeypatch.setattr(decode, "FP32_CACHE_MAX_ROWS", 0)
+    assert engine._fused.cache_dtype(2) == torch.bfloat16
+    want = engine.generate(prompts, **kw)
+    assert [c.token_ids for g in got for c in g] == [c.token_ids for g in want for c in g]
+    for g, w in zip(got, want):  # bf16 keys and values rounded once more: within bf16 rounding
+        torch.testing.assert_close(torch.tensor(g[0].logprobs), torch.tensor(w[0].logprobs), atol=0.05, rtol=0)

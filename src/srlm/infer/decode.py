@@ -165,12 +165,15 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)
 #: few-row calls use the transposed fp32 copy where one is kept; more rows use the packed weight
 TRANSPOSED_MAX_ROWS = 2
 
+#: bf16 models on CPU keep the KV cache of batches up to this many rows in float32 (`cache_dtype`)
+FP32_CACHE_MAX_ROWS = 32
+
 
 class FusedDecoder:
     """One decode step for a `CausalLM`, on re-arranged weights (see the module docstring).
 
     `step(tok, pos, cache, bias)`: tok, pos (rows,) long; `cache` a KVCache whose next slot
-    is `cache.pos`; `bias` None or a float (rows, >= cache.pos + 1) additive mask (0 attend,
+    is `cache.pos` (in the step's dtype, or float32: see `cache_dtype`); `bias` None or a float (rows, >= cache.pos + 1) additive mask (0 attend,
     -inf padding). Writes the new K/V, advances the cache and returns logits (rows, vocab).
 
     RMSNorm runs as x * rsqrt(|x|^2 + D eps), one vector norm and three cheap ops, with
@@ -242,6 +245,14 @@ class FusedDecoder:
         if all(_plain_kind(m) is not None and m.weight.is_floating_point() for m in projs):
             return dtype
         return own
+
+    def cache_dtype(self, rows: int) -> torch.dtype:
+        """The KV cache's dtype for a batch of `rows`: float32 for a few bf16 rows on CPU, whose attention
+        matmuls are then 2-3x faster (oneDNN's bf16 batched matmul has a high fixed cost at these sizes;
+        see the README's speed section), else the step's own dtype."""
+        if self.dtype == torch.bfloat16 and self.embed.device.type == "cpu" and rows <= FP32_CACHE_MAX_ROWS:
+            return torch.float32
+        return self.dtype
 
     def _version(self):
         return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
@@ -386,7 +397,7 @@ class FusedDecoder:
                 kc.narrow(2, past, T).copy_(qk.narrow(1, H, KV))
                 vc.narrow(2, past, T).copy_(qkv.narrow(1, qk_end, KV * d).view(b, T, KV, d).transpose(1, 2))
                 out = F.scaled_dot_product_attention(
-                    qk.narrow(1, 0, H),
+                    qk.narrow(1, 0, H).to(kc.dtype),
                     kc.narrow(2, 0, end),
                     vc.narrow(2, 0, end),
                     attn_mask=attn,
@@ -394,7 +405,7 @@ class FusedDecoder:
                     scale=1.0,  # q is pre-scaled
                     enable_gqa=KV != H,
                 )
-                x = L["o"].add_into(x, out.transpose(1, 2).reshape(b * T, H * d))
+                x = L["o"].add_into(x, out.transpose(1, 2).reshape(b * T, H * d).to(x.dtype))
                 gu = L["gate_up"](self._rms(x, ch))
                 x = L["down"].add_into(x, self.act(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
                 idx += 1
@@ -430,14 +441,14 @@ class FusedDecoder:
                 kc.select(2, t).copy_(qk.narrow(1, H, KV))
                 vc.select(2, t).copy_(qkv.narrow(1, qk_end, KV * d).view(b, KV, d))
                 # (b KV) as one batch dimension of 3-D views into the cache: bmm reads it in place
-                q = qk.narrow(1, 0, H).reshape(b * KV, H // KV, d)
+                q = qk.narrow(1, 0, H).reshape(b * KV, H // KV, d).to(kc.dtype)
                 keys = kc.narrow(2, 0, t + 1).flatten(0, 1)  # (b KV, t+1, d)
                 scores = torch.bmm(q, keys.transpose(1, 2)).view(b, KV, H // KV, t + 1)
                 if bias is not None:
                     scores = scores + bias
                 probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vc.dtype)
                 out = torch.bmm(probs.view(b * KV, H // KV, t + 1), vc.narrow(2, 0, t + 1).flatten(0, 1))
-                x = L["o"].add_into(x, out.view(b, H * d))
+                x = L["o"].add_into(x, out.view(b, H * d).to(x.dtype))
                 gu = L["gate_up"](self._rms(x, ch))
                 x = L["down"].add_into(x, self.act(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
                 idx += 1

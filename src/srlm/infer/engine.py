@@ -202,8 +202,9 @@ class Engine:
             mask[i, : P - len(p)] = False
         lens_t = torch.tensor(lens, dtype=torch.long, device=dev)
         cache_len = P + T
-        cache = KVCache.for_model(model, B, cache_len, dtype=self.cache_dtype, device=dev)
         fused = self.fused_decoder(cache_len)
+        cache_dtype = self.cache_dtype if fused is None else fused.cache_dtype(R)
+        cache = KVCache.for_model(model, B, cache_len, dtype=cache_dtype, device=dev)
         logits = prefill(model, fused, ids, mask[:, :P] if padded else None, cache)
 
         rows_of_prompt = torch.arange(B, device=dev).repeat_interleave(n)
