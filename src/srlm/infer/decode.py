@@ -165,16 +165,18 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)
 #: few-row calls use the transposed fp32 copy where one is kept; more rows use the packed weight
 TRANSPOSED_MAX_ROWS = 2
 
-#: bf16 models on CPU keep the KV cache of batches up to this many rows in float32 (`cache_dtype`)
-FP32_CACHE_MAX_ROWS = 32
+#: bf16 models on CPU keep the KV cache of batches up to this many rows in float32 (`cache_dtype`): at
+#: 32 rows of the 0.5B shape a rollout was slower so (its prefill's attention then runs in fp32)
+FP32_CACHE_MAX_ROWS = 8
 
 
 class FusedDecoder:
     """One decode step for a `CausalLM`, on re-arranged weights (see the module docstring).
 
     `step(tok, pos, cache, bias)`: tok, pos (rows,) long; `cache` a KVCache whose next slot
-    is `cache.pos` (in the step's dtype, or float32: see `cache_dtype`); `bias` None or a float (rows, >= cache.pos + 1) additive mask (0 attend,
-    -inf padding). Writes the new K/V, advances the cache and returns logits (rows, vocab).
+    is `cache.pos` (in the step's dtype, or float32: see `cache_dtype`); `bias` None or a float
+    (rows, >= cache.pos + 1) additive mask (0 attend, -inf padding). Writes the new K/V, advances
+    the cache and returns logits (rows, vocab).
 
     RMSNorm runs as x * rsqrt(|x|^2 + D eps), one vector norm and three cheap ops, with
     sqrt(D) and the norm's weight folded into the next matmul; rotary embedding is one
