@@ -372,7 +372,10 @@ class FusedDecoder:
     def prefill(self, ids: torch.Tensor, pos: torch.Tensor, cache: KVCache, mask: torch.Tensor | None) -> torch.Tensor:
         """Run prompts ids (b, T) at positions pos (b, T) into `cache` from its write position; return the
         logits (b, vocab) at each row's last position. `mask` None (no padding: causal attention) or the
-        bool (b, cache.pos + T) mask of real tokens over every slot, as `CausalLM.forward` takes it."""
+        bool (b, cache.pos + T) mask of real tokens over every slot, as `CausalLM.forward` takes it.
+
+        Left-padded prompts into an empty cache run ragged: only their real tokens go through the
+        matmuls, and each row attends over its own (its padding slots in the cache stay zero, masked)."""
         b, T = ids.shape
         H, KV, d = self.n_heads, self.n_kv, self.head_dim
         past = cache.pos
@@ -380,10 +383,16 @@ class FusedDecoder:
         if end > cache.max_len:
             raise RuntimeError(f"KV cache overflow: {end} > {cache.max_len} slots")
         ks, vs = self._cache_views(cache)
-        x = F.embedding(ids.reshape(-1), self.embed)  # (b T, hidden)
+        ragged = mask is not None and past == 0
+        tokens, flat_pos = ids.reshape(-1), pos.reshape(-1)
+        if ragged:
+            lens = mask.sum(1).tolist()
+            keep = mask.reshape(-1)
+            tokens, flat_pos = tokens[keep], flat_pos[keep]
+        n = tokens.shape[0]
+        x = F.embedding(tokens, self.embed)  # (n, hidden)
         if self.embed_scale is not None:
             x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        flat_pos = pos.reshape(-1)
         attn = None if mask is None and past == 0 else build_mask(mask, b, T, past, ids.device, decode=False)
         ch, cd = self._c_hidden, self._c_head
         qk_end = (H + KV) * d
@@ -391,29 +400,66 @@ class FusedDecoder:
         for L in self.layers:
             for _ in range(self.share):
                 qkv = L["qkv"](self._rms(x, ch))
-                qk = qkv.narrow(1, 0, qk_end).view(b * T, H + KV, d)
+                qk = qkv.narrow(1, 0, qk_end).view(n, H + KV, d)
                 if L["qk_norm"] is not None:
                     qk = self._rms(qk, cd) * L["qk_norm"]
-                qk = self._rope_rows(qk, flat_pos).view(b, T, H + KV, d).transpose(1, 2)
-                kc, vc = ks[idx], vs[idx]
-                kc.narrow(2, past, T).copy_(qk.narrow(1, H, KV))
-                vc.narrow(2, past, T).copy_(qkv.narrow(1, qk_end, KV * d).view(b, T, KV, d).transpose(1, 2))
-                out = F.scaled_dot_product_attention(
-                    qk.narrow(1, 0, H).to(kc.dtype),
-                    kc.narrow(2, 0, end),
-                    vc.narrow(2, 0, end),
-                    attn_mask=attn,
-                    is_causal=attn is None,
-                    scale=1.0,  # q is pre-scaled
-                    enable_gqa=KV != H,
-                )
-                x = L["o"].add_into(x, out.transpose(1, 2).reshape(b * T, H * d).to(x.dtype))
+                qk = self._rope_rows(qk, flat_pos)
+                v = qkv.narrow(1, qk_end, KV * d).view(n, KV, d)
+                if ragged:
+                    out = self._ragged_attention(qk, v, ks[idx], vs[idx], lens, T)
+                else:
+                    out = self._padded_attention(qk, v, ks[idx], vs[idx], attn, b, past, T)
+                x = L["o"].add_into(x, out.to(x.dtype))
                 gu = L["gate_up"](self._rms(x, ch))
                 x = L["down"].add_into(x, self.act(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
                 idx += 1
         cache.advance(T)
-        last = x.view(b, T, -1)[:, -1]
-        return self.head(self._rms(last.contiguous(), ch))
+        if ragged:
+            last = x[torch.tensor(lens, device=x.device).cumsum(0) - 1]
+        else:
+            last = x.view(b, T, -1)[:, -1].contiguous()
+        return self.head(self._rms(last, ch))
+
+    def _padded_attention(self, qk, v, kc, vc, attn, b, past, T) -> torch.Tensor:
+        """Prefill attention of b rows of T tokens each (qk (b T, H + KV, d), v (b T, KV, d)), written into
+        the layer's cache views at `past` and attended over the filled slots; (b T, H d)."""
+        H, KV, d = self.n_heads, self.n_kv, self.head_dim
+        qk = qk.view(b, T, H + KV, d).transpose(1, 2)
+        kc.narrow(2, past, T).copy_(qk.narrow(1, H, KV))
+        vc.narrow(2, past, T).copy_(v.view(b, T, KV, d).transpose(1, 2))
+        out = F.scaled_dot_product_attention(
+            qk.narrow(1, 0, H).to(kc.dtype),
+            kc.narrow(2, 0, past + T),
+            vc.narrow(2, 0, past + T),
+            attn_mask=attn,
+            is_causal=attn is None,
+            scale=1.0,  # q is pre-scaled
+            enable_gqa=KV != H,
+        )
+        return out.transpose(1, 2).reshape(b * T, H * d)
+
+    def _ragged_attention(self, qk, v, kc, vc, lens: list[int], T: int) -> torch.Tensor:
+        """Prefill attention of rows of `lens` real tokens each, packed one after another in qk
+        (sum(lens), H + KV, d) and v; each row's K/V go to the last lens[i] of its T cache slots
+        (left padding), and it attends causally over them alone; (sum(lens), H d)."""
+        H, KV, d = self.n_heads, self.n_kv, self.head_dim
+        outs, s = [], 0
+        for i, n in enumerate(lens):
+            q_i = qk.narrow(0, s, n).transpose(0, 1)  # (H + KV, n, d)
+            k_slots, v_slots = kc[i].narrow(1, T - n, n), vc[i].narrow(1, T - n, n)  # (KV, n, d)
+            k_slots.copy_(q_i.narrow(0, H, KV))
+            v_slots.copy_(v.narrow(0, s, n).transpose(0, 1))
+            o = F.scaled_dot_product_attention(
+                q_i.narrow(0, 0, H).unsqueeze(0).to(kc.dtype),
+                k_slots.unsqueeze(0),
+                v_slots.unsqueeze(0),
+                is_causal=True,
+                scale=1.0,  # q is pre-scaled
+                enable_gqa=KV != H,
+            )
+            outs.append(o[0].transpose(0, 1).reshape(n, H * d))
+            s += n
+        return torch.cat(outs)
 
     def step(self, tok: torch.Tensor, pos: torch.Tensor, cache: KVCache, bias: torch.Tensor | None) -> torch.Tensor:
         b = tok.shape[0]
