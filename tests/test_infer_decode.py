@@ -159,6 +159,17 @@ def test_int8_kernel_layers_fuse_with_concatenated_scales():
     assert fused.layers[0]["qkv"].q8 is not None and fused.layers[0]["gate_up"].q8 is not None
 
 
+def test_int4_layers_fuse_with_concatenated_packs_and_scales():
+    from srlm.infer.quant import _int4_kernel_available
+
+    if not _int4_kernel_available():
+        pytest.skip("torch's CPU int4 kernel is unavailable here")
+    for variant in ("qwen2-bias", "llama-untied"):  # biases and q's 1/sqrt(d) folded into the scales
+        q = quantize_model(_model(**VARIANTS[variant]), "int4")
+        fused = _compare(q, [[5, 6, 7], [8, 9, 10, 11]], atol=0.05)  # bf16 activations, rounded differently
+        assert fused.layers[0]["qkv"].q4 is not None and fused.layers[0]["gate_up"].q4 is not None
+
+
 def test_engine_sees_in_place_weight_updates():
     """GRPO updates the policy in place between rollouts: the fused weights must follow."""
     model = _model()

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from srlm.infer.quant import UPCAST_MIN_ROWS, Int8Linear, UpcastLinear, upcast_linear
+from srlm.infer.quant import UPCAST_MIN_ROWS, Int4Linear, Int8Linear, UpcastLinear, upcast_linear
 from srlm.model.cache import KVCache
 from srlm.model.transformer import ACT_FNS, build_mask, rope_inv_freq
 
@@ -96,6 +96,23 @@ class _Proj:
             if row_scale is not None:
                 sc, bias = sc * row_scale.float(), None if bias is None else bias * row_scale.float()
             self.q8 = (torch.cat([m.weight for m in mods]).contiguous(), sc.to(cd), bias, cd)
+        self.q4 = None
+        if (
+            self.weight is None
+            and all(isinstance(m, Int4Linear) for m in mods)
+            and len({m.group_size for m in mods}) == 1
+        ):
+            # int4 layers fuse as well: packed rows and (groups, out, 2) scales/zeros concatenate by output,
+            # and row_scale scales both the scale and the zero of its rows
+            sz = torch.cat([m.scales_and_zeros.float() for m in mods], dim=1)
+            bias = None
+            if any(m.bias is not None for m in mods):
+                bias = torch.cat([m.bias.float() if m.bias is not None else sz.new_zeros(m.out_features) for m in mods])
+            if row_scale is not None:
+                sz = sz * row_scale.float()[None, :, None]
+                bias = None if bias is None else bias * row_scale.float()
+            w = torch.cat([m.weight for m in mods]).contiguous()
+            self.q4 = (w, sz.to(mods[0].scales_and_zeros.dtype), bias, mods[0].group_size)
 
     def pack(self) -> bool:
         """Also hold the fused weight in oneDNN's blocked layout (see PACKED_DTYPES); False where this
@@ -131,6 +148,11 @@ class _Proj:
         if self.q8 is not None and x.dim() == 2 and x.shape[0] <= Int8Linear.KERNEL_MAX_ROWS:
             w, sc, bias, cd = self.q8
             out = torch.ops.aten._weight_int8pack_mm(x.to(cd), w, sc).to(x.dtype)
+            return out if bias is None else out + bias.to(x.dtype)
+        if self.q4 is not None and x.dim() == 2:
+            w, sz, bias, group = self.q4
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), w, group, sz)
+            out = out.to(x.dtype)
             return out if bias is None else out + bias.to(x.dtype)
         out = torch.cat([m(x) for m in self.mods], dim=-1) if len(self.mods) > 1 else self.mods[0](x)
         return out * self.row_scale.to(out.dtype) if self.row_scale is not None else out
