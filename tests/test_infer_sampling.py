@@ -81,3 +81,47 @@ def test_repetition_penalty_matches_the_ctrl_rule():
 def test_bad_parameters_raise(kw):
     with pytest.raises(SrlmError):
         SamplingParams(**kw)
+
+
+def _nucleus_by_full_sort(logits, top_p):
+    values, order = torch.sort(logits, dim=-1, descending=True)
+    p = torch.softmax(values, dim=-1)
+    drop = torch.zeros_like(values, dtype=torch.bool).scatter_(-1, order, (p.cumsum(-1) - p) >= top_p[:, None])
+    return ~drop
+
+
+def _band(width):  # `width` likely tokens scattered over a 50k vocabulary, the rest far less likely
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50_000) * 0.01
+    logits[:, torch.randperm(50_000)[:width]] += 20.0
+    return logits
+
+
+# the nucleus among the top 1,024 (peaked), among the top 16,384 (a band of 4,000), or only a full sort finds it
+@pytest.mark.parametrize("width", [50, 4000, 50_000])
+def test_top_p_on_a_large_vocabulary_keeps_what_a_full_sort_keeps(width):
+    from srlm.infer.sampling import TOP_P_CANDIDATES, _drop_outside_nucleus
+
+    logits = _band(width) if width < 50_000 else torch.randn(4, 50_000) * 0.01
+    top_p = torch.tensor([0.5, 0.9, 0.95, 0.999])
+    kept = _drop_outside_nucleus(logits, top_p) > torch.finfo(logits.dtype).min
+    want = _nucleus_by_full_sort(logits, top_p)
+    assert torch.equal(kept, want)
+    widest = int(want.sum(-1).max())
+    assert (widest > TOP_P_CANDIDATES[0]) == (width > 1000) and (widest > TOP_P_CANDIDATES[1]) == (width > 20_000)
+
+
+def test_draws_on_a_large_vocabulary_follow_the_distribution():
+    """One uniform per row, inverse CDF: a 150k vocabulary with a few likely tokens and a long flat tail."""
+    logits = torch.full((151_936,), -4.0)
+    logits[[7, 70_000, 151_935]] = torch.tensor([3.0, 2.0, 1.0])
+    probs = torch.softmax(logits, -1)
+    g = torch.Generator().manual_seed(0)
+    rows = logits.expand(500, -1).contiguous()  # 10,000 draws in 20 batches of 500 (memory stays ~1 GB)
+    tokens = torch.cat([sample(rows, SamplingParams(temperature=1.0), g)[0] for _ in range(20)])
+    freq = torch.bincount(tokens, minlength=logits.numel()).float() / tokens.numel()
+    for t in (7, 70_000, 151_935):
+        assert abs(freq[t] - probs[t]) < 0.015
+    tail = probs.clone()
+    tail[[7, 70_000, 151_935]] = 0
+    assert abs(freq.sum() - freq[[7, 70_000, 151_935]].sum() - tail.sum()) < 0.015

@@ -301,9 +301,9 @@ class DecodeBatch:
     def _noise(self) -> torch.Tensor | None:
         if not self._sampling:
             return None
-        noise = torch.empty(len(self.keys), self.vocab_size, device=self.device)
+        noise = torch.empty(len(self.keys), device=self.device)
         for start, end, g in self._draws:  # once per run of rows (a seeded request, or unseeded ones), not per row
-            noise[start:end].exponential_(generator=g)
+            noise[start:end] = torch.rand(end - start, generator=g, device=self.device)
         return noise
 
     @torch.inference_mode()

@@ -9,8 +9,14 @@ from a forward pass (GRPO's old-policy log-probs); greedy reports it at temperat
 Randomness comes only from the `torch.Generator` passed in, so a seed reproduces a run.
 
 `sample_rows` is the same draw with settings that differ from row to row (a server's running
-batch mixes requests): per-row temperature, top-k, top-p and min-p tensors, and the Exp(1)
-noise given by the caller, who owns the generators (one per seeded request).
+batch mixes requests): per-row temperature, top-k, top-p and min-p tensors, and the uniform draws
+given by the caller, who owns the generators (one per seeded request).
+
+A draw is one uniform number per row, by inverse CDF: the token whose interval of the cumulative
+distribution holds it (`draw`). Vocabularies run to 150k tokens and rollouts to dozens of rows, so
+nothing per step touches a random number per vocabulary entry (an exponential race did: 71 ms a step
+at 32 x 151,936, more than the model's step) or sorts the vocabulary (top-p looks at the top 1,024
+first, and sorts everything only for rows whose nucleus is wider).
 """
 
 from __future__ import annotations
@@ -79,6 +85,37 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
+#: top-p looks for the nucleus among this many most likely tokens, then among the second number; a full
+#: sort of the vocabulary is the last resort (at 32 x 151,936: top 1,024 in 10 ms, 16,384 in 33, all 172)
+TOP_P_CANDIDATES = (1024, 16384)
+
+
+def _drop_outside_nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """logits set to the dtype's lowest value where top-p drops a token: the tokens before it, most likely
+    first, already reach top_p (rows,) in probability; the first one always stays."""
+    neg = torch.finfo(logits.dtype).min
+    vocab = logits.shape[-1]
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    for k in (*(k for k in TOP_P_CANDIDATES if k < vocab), vocab):
+        values, order = torch.topk(logits, k, dim=-1) if k < vocab else torch.sort(logits, dim=-1, descending=True)
+        p_sorted = torch.exp(values - lse)  # most likely first
+        cum = p_sorted.cumsum(dim=-1)
+        if k == vocab or bool((cum[:, -1] >= top_p).all()):  # every row's nucleus is among these k
+            break
+    keep = (cum - p_sorted) < top_p[:, None]
+    out = torch.full_like(logits, neg)
+    return out.scatter_(-1, order, torch.where(keep, values, neg))
+
+
+def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Tokens (rows,) drawn from probs (rows, vocab) by inverse CDF, with one uniform [0, 1) draw per row:
+    token i when uniform x the row's total falls in [cum_{i-1}, cum_i). Tokens of probability 0 are never drawn."""
+    cum = probs.cumsum(dim=-1)
+    target = uniform.to(cum.dtype)[:, None] * cum[:, -1:]
+    tokens = torch.searchsorted(cum, target, right=True).squeeze(-1)
+    return tokens.clamp(max=probs.shape[-1] - 1)
+
+
 def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Set to -inf every token that top-k, top-p and min-p exclude (always keeping the best one)."""
     neg = torch.finfo(logits.dtype).min
@@ -90,12 +127,7 @@ def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         floor = probs.amax(dim=-1, keepdim=True) * params.min_p
         logits = logits.masked_fill(probs < floor, neg)
     if params.top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens before it already reach top_p; the first one always stays
-        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= params.top_p
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, neg)
+        logits = _drop_outside_nucleus(logits, logits.new_full((logits.shape[0],), params.top_p))
     return logits
 
 
@@ -122,10 +154,7 @@ def sample(
         scaled = logits / params.temperature if params.temperature != 1.0 else logits
         kept = truncate(scaled, params) if params.truncates else scaled
         probs = torch.softmax(kept, dim=-1)
-        # Exponential race (Gumbel-max): argmax p_i / E_i with E_i ~ Exp(1) draws i with prob p_i,
-        # one vectorised op per step and only the given generator's randomness
-        noise = torch.empty_like(probs).exponential_(generator=generator)
-        tokens = (probs / noise).argmax(dim=-1)
+        tokens = draw(probs, torch.rand(probs.shape[0], generator=generator, device=probs.device))
     if force is not None:
         tokens = torch.where(force[0], force[1], tokens)
     logprobs = None
@@ -147,11 +176,7 @@ def truncate_rows(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
         floor = probs.amax(dim=-1, keepdim=True) * min_p[:, None]
         logits = logits.masked_fill(probs < floor, neg)
     if bool((top_p < 1).any()):
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        p_sorted = torch.softmax(sorted_logits, dim=-1)
-        drop_sorted = (p_sorted.cumsum(dim=-1) - p_sorted) >= top_p[:, None]
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, neg)
+        logits = _drop_outside_nucleus(logits, top_p.to(logits.dtype))
     return logits
 
 
@@ -170,8 +195,8 @@ def sample_rows(
     """`sample` with one setting per row: (rows, vocab) logits -> (tokens, logprobs or None, top or None).
 
     temperature (rows,) float (0 = greedy for that row); top_k (rows,) long; top_p, min_p (rows,) float.
-    `noise`: (rows, vocab) Exp(1) draws (None when every row is greedy); row i then draws exactly
-    what `sample` draws from a generator that yields noise[i]. `force` (rows,) bool replaces the
+    `noise`: (rows,) uniform [0, 1) draws (None when every row is greedy); row i then draws exactly
+    what `sample` draws from a generator whose next uniform is noise[i]. `force` (rows,) bool replaces the
     draw by `force_token`. `top_logprobs` > 0 also returns the (ids, logprobs) of that many most
     likely tokens per row, (rows, top_logprobs) each, under the same distribution as the logprobs.
     """
@@ -181,11 +206,11 @@ def sample_rows(
     scaled = logits
     if not bool(greedy.all()):
         if noise is None:
-            raise ValueError("sample_rows: rows with temperature > 0 need noise")
+            raise ValueError("sample_rows: rows with temperature > 0 need noise (a uniform draw per row)")
         scaled = logits / torch.where(greedy, 1.0, temperature.float())[:, None]
         kept = truncate_rows(scaled, top_k, top_p, min_p)
         probs = torch.softmax(kept, dim=-1)
-        tokens = torch.where(greedy, tokens, (probs / noise).argmax(dim=-1))
+        tokens = torch.where(greedy, tokens, draw(probs, noise))
     if force is not None:
         tokens = torch.where(force, force_token, tokens)
     logprobs = top = None
