@@ -152,11 +152,16 @@ def test_lora_sft_lowers_the_loss_and_the_adapter_loads_in_peft(gguf_path, folde
         torch.testing.assert_close(with_adapter(input_ids=ids).logits, tuned(ids), rtol=1e-4, atol=1e-4)
 
 
-def test_grpo_with_lora_changes_the_adapter(gguf_path, tmp_path):
+def test_grpo_with_lora_changes_the_adapter(gguf_path, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from srlm.train.config import load_config
     from srlm.train.grpo import GRPOConfig, run
+    from srlm.train.rewards import REWARDS
+
+    # a reward that differs between completions whatever the model writes, so every group has an advantage
+    # (correctness alone can be 0 for a whole small batch, and then no step moves the adapter)
+    monkeypatch.setitem(REWARDS, "chars", lambda text, example, task: (len(text) % 3) / 2)
 
     cfg = load_config(
         GRPOConfig,
@@ -176,7 +181,7 @@ def test_grpo_with_lora_changes_the_adapter(gguf_path, tmp_path):
             "progress": False,
             "num_threads": 1,
             "seed": 0,
-            "rewards": {"correct": 1.0, "format": 0.1},
+            "rewards": {"correct": 1.0, "format": 0.1, "chars": 0.1},
             "lora": {"enabled": True, "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         },
     )
