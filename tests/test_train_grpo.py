@@ -146,7 +146,9 @@ def test_grpo_improves_reward_on_a_trivial_target(tok_dir, tmp_path):
     finally:
         del grpo_mod.REWARDS["short"]
     rewards = [r["reward"] for r in _log(out) if "reward" in r]
-    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.1, rewards
+    # a random model's one-token texts average ~1.4 characters (-0.28); the shortest are 1 character (-0.2), so
+    # the room to improve is ~0.08 unless the policy finds the empty stop token (0)
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.05, rewards
 
 
 def test_shipped_stage_configs_load():
