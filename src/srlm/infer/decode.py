@@ -5,9 +5,14 @@ step dispatching ops (a generic forward is ~250 aten calls per layer), so the st
 on weights re-arranged once per generate call: q/k/v and gate/up concatenated into one
 matmul each, the RMSNorm weights folded into the following matmul, 1/sqrt(head_dim)
 folded into q, a cos/sin table indexed by position, one rotary pass over q and k
-together, and residual adds fused into `addmm` — about 30 calls per layer. The
-re-arranged weights are rebuilt whenever a parameter changes (a trainer's in-place
-updates bump tensor versions), so GRPO's policy always samples from its current weights.
+together, and residual adds fused into the matmul — about 30 calls per layer. On CPU the
+fused weights are held in oneDNN's blocked layout (see PACKED_DTYPES). The re-arranged
+weights are rebuilt whenever a parameter changes (a trainer's in-place updates bump tensor
+versions), so GRPO's policy always samples from its current weights; they can be cast to a
+compute dtype of their own (`FusedDecoder(model, dtype)`: an fp32 policy sampled in bf16).
+
+Prompts prefill through the same weights (`FusedDecoder.prefill`, `prefill`): left-padded
+prompts run ragged, only their real tokens through the matmuls.
 
 There is one decode step: this one, or the model's own forward for what it does not implement
 (see `FusedDecoder.IMPLEMENTS`). A `torch.compile`d static-shape step was tried and measured slower
