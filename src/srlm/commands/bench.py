@@ -267,15 +267,9 @@ class _HF:
 
 
 def _llama_cpp():
-    """The llama_cpp module, or one SrlmError that says how to install it."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise SrlmError(
-            "--compare llama.cpp needs llama-cpp-python: pip install llama-cpp-python "
-            "(README, Testing: bash .ci/install-llama-cpp builds the tested version)"
-        ) from None
-    return llama_cpp
+    from srlm.infer.llama_cpp import llama_cpp_module
+
+    return llama_cpp_module("--compare llama.cpp")
 
 
 #: srlm's quantized variants and the llama.cpp type each is set against

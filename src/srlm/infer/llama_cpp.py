@@ -18,12 +18,20 @@ from pathlib import Path
 from srlm.errors import SrlmError
 
 
-def _llama_class():
+def llama_cpp_module(needed_by: str = "the llama.cpp backend"):
+    """The `llama_cpp` module, or one SrlmError saying that `needed_by` needs it and how to install it."""
     try:
-        from llama_cpp import Llama
+        import llama_cpp
     except ImportError:
-        raise SrlmError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python") from None
-    return Llama
+        raise SrlmError(
+            f"{needed_by} needs llama-cpp-python: pip install llama-cpp-python "
+            "(README, Testing: bash .ci/install-llama-cpp builds the tested version)"
+        ) from None
+    return llama_cpp
+
+
+def _llama_class():
+    return llama_cpp_module().Llama
 
 
 class LlamaCppBackend:
