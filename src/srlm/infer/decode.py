@@ -504,6 +504,9 @@ class FusedDecoder:
             bias = bias.narrow(1, 0, t + 1)[:, None, None]
         ch, cd = self._c_hidden, self._c_head
         qk_end = (H + KV) * d
+        # casts decided once a step, not as no-op .to() calls per layer (see `cache_dtype`)
+        kv_dtype = cache.k.dtype
+        cast = kv_dtype != self.dtype
         idx = 0
         for L in self.layers:
             for _ in range(self.share):
@@ -516,14 +519,17 @@ class FusedDecoder:
                 kc.select(2, t).copy_(qk.narrow(1, H, KV))
                 vc.select(2, t).copy_(qkv.narrow(1, qk_end, KV * d).view(b, KV, d))
                 # (b KV) as one batch dimension of 3-D views into the cache: bmm reads it in place
-                q = qk.narrow(1, 0, H).reshape(b * KV, H // KV, d).to(kc.dtype)
+                q = qk.narrow(1, 0, H).reshape(b * KV, H // KV, d)
                 keys = kc.narrow(2, 0, t + 1).flatten(0, 1)  # (b KV, t+1, d)
-                scores = torch.bmm(q, keys.transpose(1, 2)).view(b, KV, H // KV, t + 1)
+                scores = torch.bmm(q.to(kv_dtype) if cast else q, keys.transpose(1, 2)).view(b, KV, H // KV, t + 1)
                 if bias is not None:
                     scores = scores + bias
-                probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vc.dtype)
+                probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+                if kv_dtype != torch.float32:
+                    probs = probs.to(kv_dtype)
                 out = torch.bmm(probs.view(b * KV, H // KV, t + 1), vc.narrow(2, 0, t + 1).flatten(0, 1))
-                x = L["o"].add_into(x, out.view(b, H * d).to(x.dtype))
+                out = out.view(b, H * d)
+                x = L["o"].add_into(x, out.to(self.dtype) if cast else out)
                 gu = L["gate_up"](self._rms(x, ch))
                 x = L["down"].add_into(x, self.act(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
                 idx += 1
