@@ -53,6 +53,12 @@ def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | No
     return (m.weight, m.bias) if kind == "plain" else None
 
 
+def _restore(out: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """A quantized kernel's output in the step's dtype, plus the bias."""
+    out = out if out.dtype == dtype else out.to(dtype)
+    return out if bias is None else out + bias.to(dtype)
+
+
 class _Proj:
     """Several Linears that read the same input, as one matmul when they are plain (else one call each).
 
@@ -150,15 +156,15 @@ class _Proj:
             return self.linear(x, self.weight, self.bias)
         if self.col_scale is not None:
             x = x * self.col_scale.to(x.dtype)
+        # the quantized kernels: casts only where the dtypes differ (a no-op .to() still costs a dispatch)
         if self.q8 is not None and x.dim() == 2 and x.shape[0] <= Int8Linear.KERNEL_MAX_ROWS:
             w, sc, bias, cd = self.q8
-            out = torch.ops.aten._weight_int8pack_mm(x.to(cd), w, sc).to(x.dtype)
-            return out if bias is None else out + bias.to(x.dtype)
+            out = torch.ops.aten._weight_int8pack_mm(x if x.dtype == cd else x.to(cd), w, sc)
+            return _restore(out, bias, x.dtype)
         if self.q4 is not None and x.dim() == 2:
             w, sz, bias, group = self.q4
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), w, group, sz)
-            out = out.to(x.dtype)
-            return out if bias is None else out + bias.to(x.dtype)
+            xb = x if x.dtype == torch.bfloat16 and x.is_contiguous() else x.to(torch.bfloat16).contiguous()
+            return _restore(torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w, group, sz), bias, x.dtype)
         out = torch.cat([m(x) for m in self.mods], dim=-1) if len(self.mods) > 1 else self.mods[0](x)
         return out * self.row_scale.to(out.dtype) if self.row_scale is not None else out
 
@@ -369,10 +375,13 @@ class FusedDecoder:
         # R = diag(cos) + P diag(sin'), P[i, j] = 1 where i = (j + d/2) mod d
         sin = emb.sin()
         sin[:, :half] = -sin[:, :half]
-        self._rope = torch.stack((emb.cos(), sin), dim=1).to(self.dtype)  # (max_len, 2, d)
+        table = torch.stack((emb.cos(), sin), dim=1)  # (max_len, 2, d)
+        self._rope = table.to(self.dtype)
         j = torch.arange(d, device=self.embed.device)
-        self._perm = torch.zeros(d, d, dtype=self.dtype, device=self.embed.device)
-        self._perm[(j + half) % d, j] = 1
+        perm = torch.zeros(d, d, device=self.embed.device)
+        perm[(j + half) % d, j] = 1
+        # the step's rotation is built in the dtype its q and k are rotated in: the KV cache's (see `step`)
+        self._rot_tables = {torch.float32: (table, perm), self.dtype: (self._rope, perm.to(self.dtype))}
 
     def _rms(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x / |x| up to eps (the rest of RMSNorm is folded into the next matmul); fp32 inside, as transformers."""
@@ -498,15 +507,18 @@ class FusedDecoder:
         x = F.embedding(tok, self.embed)  # (b, hidden)
         if self.embed_scale is not None:
             x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        cs = self._rope[pos]  # (b, 2, d)
-        rot = torch.diag_embed(cs.select(1, 0)).addcmul_(self._perm, cs.narrow(1, 1, 1))  # (b, d, d)
+        # casts decided once a step, not as no-op .to() calls per layer (see `cache_dtype`)
+        kv_dtype = cache.k.dtype
+        cast = kv_dtype != self.dtype
+        # q and k are rotated in the cache's dtype: with a float32 cache for a bf16 model (a few rows) that
+        # is one cast and a float32 bmm, 3-4x faster at these sizes than oneDNN's bf16 bmm
+        table, perm = self._rot_tables[kv_dtype]
+        cs = table[pos]  # (b, 2, d)
+        rot = torch.diag_embed(cs.select(1, 0)).addcmul_(perm, cs.narrow(1, 1, 1))  # (b, d, d)
         if bias is not None:
             bias = bias.narrow(1, 0, t + 1)[:, None, None]
         ch, cd = self._c_hidden, self._c_head
         qk_end = (H + KV) * d
-        # casts decided once a step, not as no-op .to() calls per layer (see `cache_dtype`)
-        kv_dtype = cache.k.dtype
-        cast = kv_dtype != self.dtype
         idx = 0
         for L in self.layers:
             for _ in range(self.share):
@@ -514,14 +526,14 @@ class FusedDecoder:
                 qk = qkv.narrow(1, 0, qk_end).view(b, H + KV, d)
                 if L["qk_norm"] is not None:
                     qk = self._rms(qk, cd) * L["qk_norm"]
-                qk = torch.bmm(qk, rot)  # rotary on q and k at once
+                qk = torch.bmm(qk.to(kv_dtype) if cast else qk, rot)  # rotary on q and k at once
                 kc, vc = ks[idx], vs[idx]
                 kc.select(2, t).copy_(qk.narrow(1, H, KV))
                 vc.select(2, t).copy_(qkv.narrow(1, qk_end, KV * d).view(b, KV, d))
                 # (b KV) as one batch dimension of 3-D views into the cache: bmm reads it in place
                 q = qk.narrow(1, 0, H).reshape(b * KV, H // KV, d)
                 keys = kc.narrow(2, 0, t + 1).flatten(0, 1)  # (b KV, t+1, d)
-                scores = torch.bmm(q.to(kv_dtype) if cast else q, keys.transpose(1, 2)).view(b, KV, H // KV, t + 1)
+                scores = torch.bmm(q, keys.transpose(1, 2)).view(b, KV, H // KV, t + 1)
                 if bias is not None:
                     scores = scores + bias
                 probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
