@@ -503,7 +503,11 @@ class FusedDecoder:
         t = cache.pos
         if t + 1 > cache.max_len:
             raise RuntimeError(f"KV cache overflow: {t + 1} > {cache.max_len} slots")
-        ks, vs = self._cache_views(cache)
+        # every layer's views for this step, made by a few ops on the whole cache instead of several per layer:
+        # the new slot (b, KV, d), and the filled keys (b KV, d, t+1) and values (b KV, t+1, d) as bmm reads them
+        k_slot, v_slot = cache.k.select(3, t).unbind(0), cache.v.select(3, t).unbind(0)
+        keys = cache.k.narrow(3, 0, t + 1).flatten(1, 2).transpose(2, 3).unbind(0)
+        values = cache.v.narrow(3, 0, t + 1).flatten(1, 2).unbind(0)
         x = F.embedding(tok, self.embed)  # (b, hidden)
         if self.embed_scale is not None:
             x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
@@ -527,19 +531,17 @@ class FusedDecoder:
                 if L["qk_norm"] is not None:
                     qk = self._rms(qk, cd) * L["qk_norm"]
                 qk = torch.bmm(qk.to(kv_dtype) if cast else qk, rot)  # rotary on q and k at once
-                kc, vc = ks[idx], vs[idx]
-                kc.select(2, t).copy_(qk.narrow(1, H, KV))
-                vc.select(2, t).copy_(qkv.narrow(1, qk_end, KV * d).view(b, KV, d))
+                k_slot[idx].copy_(qk.narrow(1, H, KV))
+                v_slot[idx].copy_(qkv.narrow(1, qk_end, KV * d).view(b, KV, d))
                 # (b KV) as one batch dimension of 3-D views into the cache: bmm reads it in place
                 q = qk.narrow(1, 0, H).reshape(b * KV, H // KV, d)
-                keys = kc.narrow(2, 0, t + 1).flatten(0, 1)  # (b KV, t+1, d)
-                scores = torch.bmm(q, keys.transpose(1, 2)).view(b, KV, H // KV, t + 1)
+                scores = torch.bmm(q, keys[idx]).view(b, KV, H // KV, t + 1)
                 if bias is not None:
                     scores = scores + bias
                 probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
                 if kv_dtype != torch.float32:
                     probs = probs.to(kv_dtype)
-                out = torch.bmm(probs.view(b * KV, H // KV, t + 1), vc.narrow(2, 0, t + 1).flatten(0, 1))
+                out = torch.bmm(probs.view(b * KV, H // KV, t + 1), values[idx])
                 out = out.view(b, H * d)
                 x = L["o"].add_into(x, out.to(self.dtype) if cast else out)
                 gu = L["gate_up"](self._rms(x, ch))
