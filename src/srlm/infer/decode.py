@@ -75,6 +75,7 @@ class _Proj:
     ):
         plain = [_plain_weight(m) for m in mods]
         self.mods, self.col_scale, self.row_scale = mods, col_scale, row_scale
+        self._col_cast: dict[torch.dtype, torch.Tensor] = {}
         # bf16 on a CPU without native bf16: many-row matmuls in fp32, as the layers themselves do
         self.linear = upcast_linear if all(isinstance(m, UpcastLinear) for m in mods) else F.linear
         self.weight = self.bias = self.weight_t = self.packed = None
@@ -155,7 +156,10 @@ class _Proj:
         if self.weight is not None:
             return self.linear(x, self.weight, self.bias)
         if self.col_scale is not None:
-            x = x * self.col_scale.to(x.dtype)
+            col = self._col_cast.get(x.dtype)
+            if col is None:  # cast once per dtype, not on every call
+                col = self._col_cast[x.dtype] = self.col_scale.to(x.dtype)
+            x = x * col
         # the quantized kernels: casts only where the dtypes differ (a no-op .to() still costs a dispatch)
         if self.q8 is not None and x.dim() == 2 and x.shape[0] <= Int8Linear.KERNEL_MAX_ROWS:
             w, sc, bias, cd = self.q8
@@ -522,30 +526,29 @@ class FusedDecoder:
         if bias is not None:
             bias = bias.narrow(1, 0, t + 1)[:, None, None]
         ch, cd = self._c_hidden, self._c_head
-        qk_end = (H + KV) * d
+        qk_end, G, inter, dtype = (H + KV) * d, H // KV, self.inter, self.dtype
+        rms, act, bmm = self._rms, self.act, torch.bmm  # locals: this loop runs once per layer and token
         idx = 0
         for L in self.layers:
             for _ in range(self.share):
-                qkv = L["qkv"](self._rms(x, ch))  # (b, (H + 2 KV) d), q pre-scaled
+                qkv = L["qkv"](rms(x, ch))  # (b, (H + 2 KV) d), q pre-scaled
                 qk = qkv.narrow(1, 0, qk_end).view(b, H + KV, d)
                 if L["qk_norm"] is not None:
-                    qk = self._rms(qk, cd) * L["qk_norm"]
-                qk = torch.bmm(qk.to(kv_dtype) if cast else qk, rot)  # rotary on q and k at once
+                    qk = rms(qk, cd) * L["qk_norm"]
+                qk = bmm(qk.to(kv_dtype) if cast else qk, rot)  # rotary on q and k at once
                 k_slot[idx].copy_(qk.narrow(1, H, KV))
                 v_slot[idx].copy_(qkv.narrow(1, qk_end, KV * d).view(b, KV, d))
                 # (b KV) as one batch dimension of 3-D views into the cache: bmm reads it in place
-                q = qk.narrow(1, 0, H).reshape(b * KV, H // KV, d)
-                scores = torch.bmm(q, keys[idx]).view(b, KV, H // KV, t + 1)
+                scores = bmm(qk.narrow(1, 0, H).reshape(b * KV, G, d), keys[idx])  # (b KV, G, t+1)
                 if bias is not None:
-                    scores = scores + bias
+                    scores = (scores.view(b, KV, G, t + 1) + bias).view(b * KV, G, t + 1)
                 probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
                 if kv_dtype != torch.float32:
                     probs = probs.to(kv_dtype)
-                out = torch.bmm(probs.view(b * KV, H // KV, t + 1), values[idx])
-                out = out.view(b, H * d)
-                x = L["o"].add_into(x, out.to(self.dtype) if cast else out)
-                gu = L["gate_up"](self._rms(x, ch))
-                x = L["down"].add_into(x, self.act(gu.narrow(1, 0, self.inter)) * gu.narrow(1, self.inter, self.inter))
+                out = bmm(probs, values[idx]).view(b, H * d)
+                x = L["o"].add_into(x, out.to(dtype) if cast else out)
+                gu = L["gate_up"](rms(x, ch))
+                x = L["down"].add_into(x, act(gu.narrow(1, 0, inter)) * gu.narrow(1, inter, inter))
                 idx += 1
         cache.advance(1)
         return self.head(self._rms(x, ch))
