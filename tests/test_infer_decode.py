@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from srlm.infer import Engine
-from srlm.infer.decode import FusedDecoder
+from srlm.infer.decode import FusedDecoder, prefill
 from srlm.infer.quant import quantize_model
 from srlm.model import CausalLM, preset
 from srlm.model.cache import KVCache
@@ -288,3 +288,21 @@ def test_a_few_bf16_rows_keep_their_cache_in_fp32_with_the_same_results(monkeypa
     assert [c.token_ids for g in got for c in g] == [c.token_ids for g in want for c in g]
     for g, w in zip(got, want):  # bf16 keys and values rounded once more: within bf16 rounding
         torch.testing.assert_close(torch.tensor(g[0].logprobs), torch.tensor(w[0].logprobs), atol=0.05, rtol=0)
+
+
+def test_the_step_rotates_in_whatever_dtype_its_cache_has():
+    """q and k are rotated in the KV cache's dtype (float32 for a few bf16 rows); a cache of a dtype the
+    decoder did not plan for (here float16, for a bf16 model) still decodes, within that dtype's rounding."""
+    model = _model(dtype=torch.bfloat16)
+    fused = FusedDecoder(model)
+    fused.refresh(16)
+    ids, tok, pos = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([3]), torch.tensor([5])
+    logits = {}
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            cache = KVCache.for_model(model, 1, 16, dtype=dtype)
+            prefill(model, fused, ids, None, cache)
+            logits[dtype] = fused.step(tok, pos, cache, None).float()
+    assert fused._rot_tables[torch.float16][0].dtype == torch.float16
+    for dtype in (torch.bfloat16, torch.float16):
+        torch.testing.assert_close(logits[dtype], logits[torch.float32], atol=0.1, rtol=0)

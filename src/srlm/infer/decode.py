@@ -520,7 +520,10 @@ class FusedDecoder:
         cast = kv_dtype != self.dtype
         # q and k are rotated in the cache's dtype: with a float32 cache for a bf16 model (a few rows) that
         # is one cast and a float32 bmm, 3-4x faster at these sizes than oneDNN's bf16 bmm
-        table, perm = self._rot_tables[kv_dtype]
+        tables = self._rot_tables.get(kv_dtype)
+        if tables is None:  # a cache of another dtype, given by a caller: rotate in that dtype too
+            tables = self._rot_tables[kv_dtype] = tuple(t.to(kv_dtype) for t in self._rot_tables[torch.float32])
+        table, perm = tables
         cs = table[pos]  # (b, 2, d)
         rot = torch.diag_embed(cs.select(1, 0)).addcmul_(perm, cs.narrow(1, 1, 1))  # (b, d, d)
         if bias is not None:
