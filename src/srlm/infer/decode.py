@@ -53,12 +53,6 @@ def _plain_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | No
     return (m.weight, m.bias) if kind == "plain" else None
 
 
-def _restore(out: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """A quantized kernel's output in the step's dtype, plus the bias."""
-    out = out if out.dtype == dtype else out.to(dtype)
-    return out if bias is None else out + bias.to(dtype)
-
-
 class _Proj:
     """Several Linears that read the same input, as one matmul when they are plain (else one call each).
 
@@ -75,7 +69,7 @@ class _Proj:
     ):
         plain = [_plain_weight(m) for m in mods]
         self.mods, self.col_scale, self.row_scale = mods, col_scale, row_scale
-        self._col_cast: dict[torch.dtype, torch.Tensor] = {}
+        self._casts: dict[tuple[str, torch.dtype], torch.Tensor] = {}
         # bf16 on a CPU without native bf16: many-row matmuls in fp32, as the layers themselves do
         self.linear = upcast_linear if all(isinstance(m, UpcastLinear) for m in mods) else F.linear
         self.weight = self.bias = self.weight_t = self.packed = None
@@ -156,21 +150,33 @@ class _Proj:
         if self.weight is not None:
             return self.linear(x, self.weight, self.bias)
         if self.col_scale is not None:
-            col = self._col_cast.get(x.dtype)
-            if col is None:  # cast once per dtype, not on every call
-                col = self._col_cast[x.dtype] = self.col_scale.to(x.dtype)
-            x = x * col
+            x = x * self._cast("col_scale", self.col_scale, x.dtype)
         # the quantized kernels: casts only where the dtypes differ (a no-op .to() still costs a dispatch)
         if self.q8 is not None and x.dim() == 2 and x.shape[0] <= Int8Linear.KERNEL_MAX_ROWS:
             w, sc, bias, cd = self.q8
-            out = torch.ops.aten._weight_int8pack_mm(x if x.dtype == cd else x.to(cd), w, sc)
-            return _restore(out, bias, x.dtype)
+            return self._restore(
+                torch.ops.aten._weight_int8pack_mm(x if x.dtype == cd else x.to(cd), w, sc), bias, x.dtype
+            )
         if self.q4 is not None and x.dim() == 2:
             w, sz, bias, group = self.q4
             xb = x if x.dtype == torch.bfloat16 and x.is_contiguous() else x.to(torch.bfloat16).contiguous()
-            return _restore(torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w, group, sz), bias, x.dtype)
+            return self._restore(torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w, group, sz), bias, x.dtype)
         out = torch.cat([m(x) for m in self.mods], dim=-1) if len(self.mods) > 1 else self.mods[0](x)
-        return out * self.row_scale.to(out.dtype) if self.row_scale is not None else out
+        return out * self._cast("row_scale", self.row_scale, out.dtype) if self.row_scale is not None else out
+
+    def _cast(self, name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`t`, one of this projection's constant tensors (`name`), in `dtype`: cast once, not on every call."""
+        if t.dtype == dtype:
+            return t
+        out = self._casts.get((name, dtype))
+        if out is None:
+            out = self._casts[(name, dtype)] = t.to(dtype)
+        return out
+
+    def _restore(self, out: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """A quantized kernel's output in the step's dtype, plus the bias."""
+        out = out if out.dtype == dtype else out.to(dtype)
+        return out if bias is None else out + self._cast("bias", bias, dtype)
 
     def add_into(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """x + self(inp), one addmm (or one packed matmul with the add fused) when fused (2-D x and inp)."""
@@ -234,7 +240,6 @@ class FusedDecoder:
         self.embed_scale = math.sqrt(c.hidden_size) if t.scale_embeddings else None
         self._key = None
         self._rope = None
-        self._views = (None, None)
 
     #: trait values this step implements (see srlm.model.config.Traits); a model with any other value
     #: is refused, with a one-time warning, and decodes through its own forward instead
@@ -394,14 +399,6 @@ class FusedDecoder:
         y = xf * torch.rsqrt(torch.addcmul(c, n, n))
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
-    def _cache_views(self, cache: KVCache):
-        """Per-layer (rows, kv, L, d) views of the cache, re-made only when the cache's storage changes."""
-        key, views = self._views
-        if key != (cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape):
-            views = (list(cache.k.unbind(0)), list(cache.v.unbind(0)))
-            self._views = ((cache.k.data_ptr(), cache.v.data_ptr(), cache.k.shape), views)
-        return views
-
     def _rope_rows(self, qk: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Rotary embedding of qk (rows, heads, d) at positions pos (rows,), elementwise (many rows)."""
         cs = self._rope[pos]  # (rows, 2, d): cos, and sin with the first half negated
@@ -422,7 +419,7 @@ class FusedDecoder:
         end = past + T
         if end > cache.max_len:
             raise RuntimeError(f"KV cache overflow: {end} > {cache.max_len} slots")
-        ks, vs = self._cache_views(cache)
+        ks, vs = cache.k.unbind(0), cache.v.unbind(0)  # per-layer (rows, kv, L, d) views
         ragged = mask is not None and past == 0
         tokens, flat_pos = ids.reshape(-1), pos.reshape(-1)
         if ragged:
